@@ -1,0 +1,20 @@
+"""The data set registry and ``build_dataset`` (Dassl's names and message)."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from .base import DatasetBase
+from .registry import Registry
+
+DATASET_REGISTRY = Registry("dataset")
+
+
+def build_dataset(cfg: Any, name: Optional[str] = None) -> DatasetBase:
+    """Build the registered data set ``name`` (default ``cfg.DATASET.NAME``) from ``cfg``."""
+    name = cfg.DATASET.NAME if name is None else name
+    if "," in name:
+        raise ValueError(f'DATASET.NAME "{name}" lists several data sets; build them one by one '
+                         "or use datasets.DataManager, which makes one task per data set")
+    cls = DATASET_REGISTRY.get(name)
+    print(f"Loading dataset: {name}")
+    return cls(cfg)

@@ -1,0 +1,229 @@
+"""Data loaders for one or several data sets (tasks), shaped like Dassl's DataManager.
+
+Multi-task is the general case: ``DATASET.NAME: "A,B"`` builds A and B as tasks 0 and 1.
+Every item carries its task index and a task-local label; the training loader shuffles the
+concatenation of all tasks' training items (so a batch may mix tasks), and the val/test
+loaders walk the tasks' lists in task order. A single data set is the one-task case.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import torch
+import torchvision.transforms as T
+from PIL import Image, UnidentifiedImageError
+from tabulate import tabulate
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
+
+from .base import DatasetBase, Datum
+from .build import build_dataset
+from .transforms import build_transform, interpolation_mode
+
+__all__ = ["Task", "DataManager", "DatasetWrapper", "build_data_loader", "build_sampler", "read_image",
+           "parse_dataset_names"]
+
+
+@dataclass(frozen=True)
+class Task:
+    """One data set of a (multi-task) run; labels of its items run 0..num_classes-1."""
+
+    index: int
+    name: str
+    classnames: List[str]
+    lab2cname: Dict[int, str]
+    num_classes: int
+    template: str
+    class_offset: int = 0  # where this task's classes start in the concatenation of all tasks' classes
+
+
+def read_image(path: str) -> Image.Image:
+    """Open an image as RGB; a missing or unreadable file is an error that names it."""
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"Image file not found: {path} (listed by the data set's split; "
+                                "is DATASET.ROOT right and the data complete?)") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise OSError(f"Cannot read image {path}: {exc}") from exc
+
+
+class DatasetWrapper(Dataset):
+    """Items as Dassl's dicts (label, domain, impath, index, img[, img2...][, img0]) plus ``task``."""
+
+    def __init__(self, cfg: Any, data_source: Sequence[Datum], transform: Any = None, is_train: bool = False,
+                 tasks: Optional[Sequence[int]] = None) -> None:
+        self.data_source = data_source
+        self.tasks = tasks if tasks is not None else [0] * len(data_source)
+        if len(self.tasks) != len(data_source):
+            raise ValueError(f"{len(self.tasks)} task indices for {len(data_source)} items")
+        self.transform = transform
+        self.is_train = is_train
+        # Several augmented views per image are a training-time option only.
+        self.k_tfm = cfg.DATALOADER.K_TRANSFORMS if is_train else 1
+        if self.k_tfm > 1 and transform is None:
+            raise ValueError(f"Cannot augment the image {self.k_tfm} times (DATALOADER.K_TRANSFORMS) "
+                             "because there is no transform (INPUT.NO_TRANSFORM)")
+        self.to_tensor = None
+        if cfg.DATALOADER.RETURN_IMG0:
+            steps = [T.Resize(tuple(cfg.INPUT.SIZE), interpolation=interpolation_mode(cfg.INPUT.INTERPOLATION)),
+                     T.ToTensor()]
+            if "normalize" in cfg.INPUT.TRANSFORMS:
+                steps.append(T.Normalize(mean=cfg.INPUT.PIXEL_MEAN, std=cfg.INPUT.PIXEL_STD))
+            self.to_tensor = T.Compose(steps)
+
+    def __len__(self) -> int:
+        return len(self.data_source)
+
+    def __getitem__(self, idx: int) -> Dict[str, Any]:
+        item = self.data_source[idx]
+        output: Dict[str, Any] = {"label": item.label, "domain": item.domain, "impath": item.impath,
+                                  "index": idx, "task": self.tasks[idx]}
+        img0 = read_image(item.impath)
+        if self.transform is None:
+            output["img"] = img0
+        elif isinstance(self.transform, (list, tuple)):
+            for i, tfm in enumerate(self.transform):
+                output["img" if i == 0 else f"img{i + 1}"] = self._views(tfm, img0)
+        else:
+            output["img"] = self._views(self.transform, img0)
+        if self.to_tensor is not None:
+            output["img0"] = self.to_tensor(img0)
+        return output
+
+    def _views(self, tfm: Callable, img0: Image.Image) -> Any:
+        views = [tfm(img0) for _ in range(self.k_tfm)]
+        return views[0] if len(views) == 1 else views
+
+
+def build_sampler(sampler_type: str, data_source: Sequence[Datum]) -> Sampler:
+    """PyTorch's RandomSampler (global torch RNG, reshuffled every epoch) or SequentialSampler."""
+    if sampler_type == "RandomSampler":
+        return RandomSampler(data_source)
+    if sampler_type == "SequentialSampler":
+        return SequentialSampler(data_source)
+    raise ValueError(f'Unsupported sampler "{sampler_type}" (DATALOADER.*.SAMPLER); '
+                     "supported: RandomSampler, SequentialSampler")
+
+
+def build_data_loader(cfg: Any, sampler_type: str, data_source: Sequence[Datum], batch_size: int,
+                      tfm: Any = None, is_train: bool = True, tasks: Optional[Sequence[int]] = None,
+                      what: str = "data") -> DataLoader:
+    """A DataLoader as Dassl builds it; a training set smaller than one batch keeps its partial batch."""
+    if not data_source:
+        raise ValueError(f"Cannot build a loader over an empty {what} list")
+    if is_train and len(data_source) < batch_size:
+        warnings.warn(f"The {what} set has {len(data_source)} items, fewer than the batch size {batch_size} "
+                      f"(DATALOADER.TRAIN_X.BATCH_SIZE): each epoch is one partial batch of {len(data_source)}",
+                      stacklevel=2)
+    return DataLoader(
+        DatasetWrapper(cfg, data_source, transform=tfm, is_train=is_train, tasks=tasks),
+        batch_size=batch_size,
+        sampler=build_sampler(sampler_type, data_source),
+        num_workers=cfg.DATALOADER.NUM_WORKERS,
+        drop_last=is_train and len(data_source) >= batch_size,
+        pin_memory=torch.cuda.is_available() and cfg.USE_CUDA,
+    )
+
+
+def parse_dataset_names(name: str) -> List[str]:
+    """``"A, B"`` -> ``["A", "B"]``; each name once."""
+    names = [n.strip() for n in name.split(",") if n.strip()]
+    if not names:
+        raise ValueError("DATASET.NAME is empty: set it to a registered data set (or a comma-separated list)")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"DATASET.NAME lists {repeated} more than once: {name!r}")
+    return names
+
+
+def _concat(lists: Sequence[Optional[List[Datum]]]) -> tuple:
+    """Concatenate per-task lists -> (items, parallel task indices)."""
+    items, tasks = [], []
+    for t, data in enumerate(lists):
+        items.extend(data or [])
+        tasks.extend([t] * len(data or []))
+    return items, tasks
+
+
+class DataManager:
+    """Builds the task(s) named by ``cfg.DATASET.NAME``, the transforms and the loaders."""
+
+    def __init__(self, cfg: Any, custom_tfm_train: Any = None, custom_tfm_test: Any = None) -> None:
+        names = parse_dataset_names(cfg.DATASET.NAME)
+        self.datasets: List[DatasetBase] = [build_dataset(cfg, name) for name in names]
+        offsets = [sum(d.num_classes for d in self.datasets[:t]) for t in range(len(names))]
+        self.tasks: List[Task] = [
+            Task(index=t, name=name, classnames=list(d.classnames), lab2cname=dict(d.lab2cname),
+                 num_classes=d.num_classes, template=d.template, class_offset=offsets[t])
+            for t, (name, d) in enumerate(zip(names, self.datasets))]
+
+        if custom_tfm_train is None:
+            tfm_train = build_transform(cfg, is_train=True)
+        else:
+            print("* Using custom transform for training")
+            tfm_train = custom_tfm_train
+        if custom_tfm_test is None:
+            tfm_test = build_transform(cfg, is_train=False)
+        else:
+            print("* Using custom transform for testing")
+            tfm_test = custom_tfm_test
+
+        loader_cfg = cfg.DATALOADER
+        train_x, train_tasks = _concat([d.train_x for d in self.datasets])
+        self.train_loader_x = build_data_loader(cfg, loader_cfg.TRAIN_X.SAMPLER, train_x,
+                                                loader_cfg.TRAIN_X.BATCH_SIZE, tfm_train, True, train_tasks,
+                                                what="training")
+        self.train_loader_u = None
+        train_u, train_u_tasks = _concat([d.train_u for d in self.datasets])
+        if train_u:
+            same = loader_cfg.TRAIN_U.SAME_AS_X
+            node = loader_cfg.TRAIN_X if same else loader_cfg.TRAIN_U
+            self.train_loader_u = build_data_loader(cfg, node.SAMPLER, train_u, node.BATCH_SIZE, tfm_train,
+                                                    True, train_u_tasks, what="unlabelled training")
+        val, val_tasks = _concat([d.val for d in self.datasets])
+        self.val_loader = None
+        if val:
+            self.val_loader = build_data_loader(cfg, loader_cfg.TEST.SAMPLER, val, loader_cfg.TEST.BATCH_SIZE,
+                                                tfm_test, False, val_tasks, what="validation")
+        test, test_tasks = _concat([d.test for d in self.datasets])
+        self.test_loader = build_data_loader(cfg, loader_cfg.TEST.SAMPLER, test, loader_cfg.TEST.BATCH_SIZE,
+                                             tfm_test, False, test_tasks, what="test")
+
+        self.dataset = self.datasets[0]
+        self._num_source_domains = len(cfg.DATASET.SOURCE_DOMAINS)
+        if cfg.VERBOSE:
+            self.show_dataset_summary(cfg)
+
+    @property
+    def num_classes(self) -> int:
+        """Task 0's class count in a single-task run; the sum over tasks otherwise."""
+        return sum(task.num_classes for task in self.tasks)
+
+    @property
+    def lab2cname(self) -> Dict[int, str]:
+        return self.tasks[0].lab2cname
+
+    @property
+    def num_source_domains(self) -> int:
+        return self._num_source_domains
+
+    def show_dataset_summary(self, cfg: Any) -> None:
+        """Dassl's two-column table; one Dataset/# classes/# train_x/# val/# test block per task."""
+        rows: List[List[str]] = []
+        for task, dataset in zip(self.tasks, self.datasets):
+            rows.append(["Dataset", task.name])
+            if task.index == 0 and cfg.DATASET.SOURCE_DOMAINS:
+                rows.append(["Source", cfg.DATASET.SOURCE_DOMAINS])
+            if task.index == 0 and cfg.DATASET.TARGET_DOMAINS:
+                rows.append(["Target", cfg.DATASET.TARGET_DOMAINS])
+            rows.append(["# classes", f"{task.num_classes:,}"])
+            rows.append(["# train_x", f"{len(dataset.train_x):,}"])
+            if dataset.train_u:
+                rows.append(["# train_u", f"{len(dataset.train_u):,}"])
+            if dataset.val:
+                rows.append(["# val", f"{len(dataset.val):,}"])
+            rows.append(["# test", f"{len(dataset.test or []):,}"])
+        print(tabulate(rows))

@@ -1,0 +1,180 @@
+"""Train or evaluate a prompt-tuning method: CoOp's command line, on vlprompt's engine.
+
+    python train.py --root DATA --seed 1 --trainer CoOp \
+        --dataset-config-file configs/datasets/oxford_pets.yaml \
+        --config-file configs/trainers/CoOp/vit_b16.yaml --output-dir output/... \
+        TRAINER.COOP.N_CTX 16 DATASET.NUM_SHOTS 16
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import sys
+from typing import List, Optional
+
+import numpy as np
+import torch
+
+import datasets
+import trainers
+from trainers.engine.config import ConfigError, get_cfg_default, merge_from_file, merge_from_list
+from trainers.engine.logger import setup_logger
+from trainers.engine.registry import TRAINER_REGISTRY, build_trainer, extend_cfg
+from trainers.engine.results import write_results
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", type=str, default="", help="path to the data sets")
+    parser.add_argument("--output-dir", type=str, default="", help="output directory")
+    parser.add_argument("--resume", type=str, default="", help="checkpoint directory to resume from")
+    parser.add_argument("--seed", type=int, default=-1, help="only positive values enable a fixed seed")
+    parser.add_argument("--source-domains", type=str, nargs="+", help="source domains for DA/DG")
+    parser.add_argument("--target-domains", type=str, nargs="+", help="target domains for DA/DG")
+    parser.add_argument("--transforms", type=str, nargs="+", help="data augmentation methods")
+    parser.add_argument("--config-file", type=str, default="", help="path to the trainer config file")
+    parser.add_argument("--dataset-config-file", type=str, default="", help="path to the data set config file")
+    parser.add_argument("--trainer", type=str, default="", help="name of the trainer")
+    parser.add_argument("--backbone", type=str, default="", help="name of the CNN backbone")
+    parser.add_argument("--head", type=str, default="", help="name of the head")
+    parser.add_argument("--eval-only", action="store_true", help="evaluation only")
+    parser.add_argument("--model-dir", type=str, default="", help="load the model from this directory for eval-only")
+    parser.add_argument("--load-epoch", type=int, help="load the weights of this epoch for evaluation")
+    parser.add_argument("--no-train", action="store_true", help="do not call trainer.train()")
+    parser.add_argument("--list-trainers", action="store_true", help="print the registered trainers and exit")
+    parser.add_argument("--list-datasets", action="store_true", help="print the registered data sets and exit")
+    parser.add_argument("opts", default=None, nargs=argparse.REMAINDER,
+                        help="modify config options using the command line (KEY VALUE pairs)")
+    return parser
+
+
+def reset_cfg(cfg, args) -> None:
+    """Apply the named flags the way CoOp does: only when truthy / non-empty."""
+    if args.root:
+        cfg.DATASET.ROOT = args.root
+    if args.output_dir:
+        cfg.OUTPUT_DIR = args.output_dir
+    if args.resume:
+        cfg.RESUME = args.resume
+    if args.seed:
+        cfg.SEED = args.seed
+    else:
+        print("Note: --seed 0 is ignored as in CoOp (SEED stays -1); pass the option SEED 0 to seed with 0")
+    if args.source_domains:
+        cfg.DATASET.SOURCE_DOMAINS = args.source_domains
+    if args.target_domains:
+        cfg.DATASET.TARGET_DOMAINS = args.target_domains
+    if args.transforms:
+        cfg.INPUT.TRANSFORMS = args.transforms
+    if args.trainer:
+        cfg.TRAINER.NAME = args.trainer
+    if args.backbone:
+        cfg.MODEL.BACKBONE.NAME = args.backbone
+    if args.head:
+        cfg.MODEL.HEAD.NAME = args.head
+
+
+def setup_cfg(args):
+    """defaults <- trainer keys <- data set YAML <- trainer YAML <- flags <- options."""
+    cfg = get_cfg_default()
+    extend_cfg(cfg)
+    if args.dataset_config_file:
+        merge_from_file(cfg, args.dataset_config_file)
+    if args.config_file:
+        merge_from_file(cfg, args.config_file)
+    reset_cfg(cfg, args)
+    merge_from_list(cfg, args.opts or [])
+    cfg.freeze()
+    return cfg
+
+
+def set_random_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+
+
+def environment_info() -> str:
+    import PIL
+    import torchvision
+    lines = [
+        f"Python: {sys.version.split()[0]} ({platform.platform()})",
+        f"PyTorch: {torch.__version__}",
+        f"torchvision: {torchvision.__version__}",
+        f"CUDA available: {torch.cuda.is_available()}",
+    ]
+    if torch.cuda.is_available():
+        lines.append(f"GPU: {torch.cuda.get_device_name(0)}")
+    lines.append(f"Pillow ({PIL.__version__})")
+    return "\n".join(lines)
+
+
+def print_args(args, cfg) -> None:
+    print("***************")
+    print("** Arguments **")
+    print("***************")
+    for key in sorted(vars(args)):
+        if key in ("list_trainers", "list_datasets"):
+            continue
+        print(f"{key}: {getattr(args, key)}")
+    print("************")
+    print("** Config **")
+    print("************")
+    print(cfg)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.list_trainers or args.list_datasets:
+        if args.list_trainers:
+            print("Trainers: " + ", ".join(TRAINER_REGISTRY.names()))
+            aliases = TRAINER_REGISTRY.aliases()
+            if aliases:
+                print("Aliases: " + ", ".join(f"{a} -> {t}" for a, t in sorted(aliases.items())))
+        if args.list_datasets:
+            print("Data sets: " + ", ".join(datasets.DATASET_REGISTRY.names()))
+        return 0
+    try:
+        cfg = setup_cfg(args)
+    except ConfigError as exc:
+        print(f"Config error: {exc}", file=sys.stderr)
+        return 2
+    if not cfg.TRAINER.NAME:
+        print("No trainer given: pass --trainer NAME (see --list-trainers)", file=sys.stderr)
+        return 2
+    try:
+        TRAINER_REGISTRY.resolve(cfg.TRAINER.NAME)
+    except KeyError as exc:
+        print(exc.args[0], file=sys.stderr)
+        return 2
+
+    if cfg.SEED >= 0:
+        print(f"Setting fixed seed: {cfg.SEED}")
+        set_random_seed(cfg.SEED)
+    setup_logger(cfg.OUTPUT_DIR)
+    if torch.cuda.is_available() and cfg.USE_CUDA:
+        torch.backends.cudnn.benchmark = True
+    print_args(args, cfg)
+    print("Collecting env info ...")
+    print("** System info **")
+    print(environment_info())
+    print()
+
+    trainer = build_trainer(cfg)
+    if args.eval_only:
+        trainer.load_model(args.model_dir, epoch=args.load_epoch)
+        trainer.test()
+    elif not args.no_train:
+        trainer.train()
+    results = getattr(trainer, "last_results", None)
+    if results is not None:
+        write_results(cfg.OUTPUT_DIR, results, cfg, extra={
+            "eval_only": args.eval_only, "model_dir": args.model_dir, "load_epoch": args.load_epoch})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""Learnable text context (CoOp's prompt learner), reused by CoCoOp, KgCoOp and MaPLe.
+
+Class prompts are "<ctx_1> ... <ctx_M> <classname>." tokenised once; the frozen token
+embeddings around the context are kept as buffers (``token_prefix`` = SOS,
+``token_suffix`` = name, period, EOT, padding) under CoOp's checkpoint key names.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+import clip
+from clip.tokenizer import get_tokenizer
+
+CLASS_TOKEN_POSITIONS = ("end", "middle", "front")
+
+
+def clean_classname(name: str) -> str:
+    return name.replace("_", " ")
+
+
+def embed_tokens(clip_model: nn.Module, token_ids: torch.Tensor) -> torch.Tensor:
+    """Frozen token embeddings in CLIP's dtype (no autograd: they are constants)."""
+    with torch.no_grad():
+        return clip_model.token_embedding(token_ids).type(clip_model.dtype)
+
+
+def init_context(clip_model: nn.Module, n_ctx: int, ctx_init: str = "", n_cls: Optional[int] = None,
+                 std: float = 0.02) -> "tuple[torch.Tensor, str]":
+    """Initial context vectors and the placeholder text they stand in for.
+
+    With ``ctx_init`` the vectors are the embeddings of its words (one token per word assumed,
+    as CoOp does); otherwise normal(0, std) in CLIP's dtype, class-specific when ``n_cls`` is given.
+    """
+    ctx_dim = clip_model.ln_final.weight.shape[0]
+    if ctx_init:
+        ctx_init = ctx_init.replace("_", " ")
+        n_words = len(ctx_init.split(" "))
+        embedding = embed_tokens(clip_model, clip.tokenize(ctx_init))
+        return embedding[0, 1:1 + n_words, :].clone(), ctx_init
+    if n_cls is not None:
+        print("Initializing class-specific contexts")
+        vectors = torch.empty(n_cls, n_ctx, ctx_dim, dtype=clip_model.dtype)
+    else:
+        print("Initializing a generic context")
+        vectors = torch.empty(n_ctx, ctx_dim, dtype=clip_model.dtype)
+    nn.init.normal_(vectors, std=std)
+    return vectors, " ".join(["X"] * n_ctx)
+
+
+class TextContextLearner(nn.Module):
+    """CoOp's PromptLearner: ``ctx`` [M, D] or [C, M, D] placed around the class tokens."""
+
+    def __init__(self, clip_model: nn.Module, classnames: Sequence[str], n_ctx: int = 16, ctx_init: str = "",
+                 class_specific: bool = False, class_token_position: str = "end") -> None:
+        super().__init__()
+        if class_token_position not in CLASS_TOKEN_POSITIONS:
+            raise ValueError(f"CLASS_TOKEN_POSITION must be one of {CLASS_TOKEN_POSITIONS}, "
+                             f"got {class_token_position!r}")
+        classnames = [clean_classname(c) for c in classnames]
+        ctx_vectors, prompt_prefix = init_context(
+            clip_model, n_ctx, ctx_init, n_cls=len(classnames) if class_specific and not ctx_init else None)
+        self.n_ctx = ctx_vectors.shape[-2]
+        print(f'Initial context: "{prompt_prefix}"')
+        print(f"Number of context words (tokens): {self.n_ctx}")
+        self.ctx = nn.Parameter(ctx_vectors)
+
+        tokenizer = get_tokenizer()
+        self.name_lens: List[int] = [len(tokenizer.encode(name)) for name in classnames]
+        prompts = [f"{prompt_prefix} {name}." for name in classnames]
+        self.prompt_texts = prompts
+        tokenized = clip.tokenize(prompts)
+        embedding = embed_tokens(clip_model, tokenized)
+        self.register_buffer("token_prefix", embedding[:, :1, :])
+        self.register_buffer("token_suffix", embedding[:, 1 + self.n_ctx:, :])
+        # Token ids only locate EOT; kept out of the state dict like CoOp's plain attribute.
+        self.register_buffer("tokenized_prompts", tokenized, persistent=False)
+        self.n_cls = len(classnames)
+        self.class_token_position = class_token_position
+
+    @property
+    def eot_positions(self) -> torch.Tensor:
+        return self.tokenized_prompts.argmax(dim=-1)
+
+    def expanded_context(self) -> torch.Tensor:
+        ctx = self.ctx
+        return ctx.unsqueeze(0).expand(self.n_cls, -1, -1) if ctx.dim() == 2 else ctx
+
+    def assemble(self, ctx: torch.Tensor) -> torch.Tensor:
+        """Full prompt embeddings [C, L, D] from per-class context [C, M, D]."""
+        prefix, suffix = self.token_prefix, self.token_suffix
+        if self.class_token_position == "end":
+            return torch.cat([prefix, ctx, suffix], dim=1)
+        rows = []
+        half = self.n_ctx // 2
+        for i, name_len in enumerate(self.name_lens):
+            name, rest = suffix[i:i + 1, :name_len], suffix[i:i + 1, name_len:]
+            ctx_i = ctx[i:i + 1]
+            if self.class_token_position == "middle":
+                rows.append(torch.cat([prefix[i:i + 1], ctx_i[:, :half], name, ctx_i[:, half:], rest], dim=1))
+            else:
+                rows.append(torch.cat([prefix[i:i + 1], name, ctx_i, rest], dim=1))
+        return torch.cat(rows, dim=0)
+
+    def forward(self) -> torch.Tensor:
+        return self.assemble(self.expanded_context())
