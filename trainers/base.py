@@ -50,8 +50,10 @@ def normalize(features: torch.Tensor) -> torch.Tensor:
 class PromptedCLIP(nn.Module):
     """A frozen CLIP plus prompt learners; subclasses say how prompts reach the encoders.
 
-    ``class_text_features`` and ``image_features`` are the two halves a head (or DePT's
-    wrapper) needs. When the text side does not depend on the image, its features are
+    ``encode`` returns the raw (un-normalised) image features [B, D] and class text
+    features ([C, D], or [B, C, D] when the text depends on the image, as in CoCoOp);
+    ``itm_logits`` is CLIP's cosine head on them. Wrappers such as DePT's CAT head use
+    the same two calls. When the text does not depend on the image, its features are
     computed once per evaluation via ``cached_text_features``.
     """
 
@@ -69,18 +71,30 @@ class PromptedCLIP(nn.Module):
         return {}
 
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
-        """Normalised image features; no autograd through CLIP unless image prompts learn."""
+        """Raw image features; no autograd through CLIP unless image prompts learn."""
         kwargs = self.image_prompt_kwargs()
         needs_grad = torch.is_grad_enabled() and any(
             isinstance(v, torch.Tensor) and v.requires_grad for v in _flatten(kwargs.values()))
         with torch.set_grad_enabled(needs_grad):
-            return normalize(self.clip.encode_image(images.type(self.dtype), **kwargs))
+            return self.clip.encode_image(images.type(self.dtype), **kwargs)
 
     def class_text_features(self) -> torch.Tensor:
+        """Raw text features of every class [C, D] (image-independent methods)."""
         raise NotImplementedError
 
     def text_features(self) -> torch.Tensor:
         return self._text_cache if self._text_cache is not None else self.class_text_features()
+
+    def encode(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(raw image features [B, D], raw class text features [C, D] or [B, C, D])."""
+        return self.image_features(images), self.text_features()
+
+    def itm_logits(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+        """Image-text matching logits: exp(logit_scale) x cosine similarity."""
+        image_features, text_features = normalize(image_features), normalize(text_features)
+        if text_features.dim() == 3:
+            return self.logit_scale.exp() * torch.einsum("bd,bcd->bc", image_features, text_features)
+        return cosine_logits(image_features, text_features, self.logit_scale)
 
     @contextlib.contextmanager
     def cached_text_features(self) -> Iterator[None]:
@@ -96,7 +110,7 @@ class PromptedCLIP(nn.Module):
             self._text_cache = None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return cosine_logits(self.image_features(images), self.text_features(), self.logit_scale)
+        return self.itm_logits(*self.encode(images))
 
 
 def _flatten(values) -> Iterator:

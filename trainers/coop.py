@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from trainers.base import PromptedCLIP, PromptTrainer, normalize
+from trainers.base import PromptedCLIP, PromptTrainer
 from trainers.engine.config import CN, register_alternative_type
 from trainers.engine.registry import TRAINER_REGISTRY, config_hook
 from trainers.prompts.text import TextContextLearner
@@ -41,8 +41,7 @@ class TextPromptedCLIP(PromptedCLIP):
 
     def class_text_features(self) -> torch.Tensor:
         learner = self.prompt_learner
-        features = self.clip.encode_text_embeddings(learner(), learner.eot_positions)
-        return normalize(features)
+        return self.clip.encode_text_embeddings(learner(), learner.eot_positions)
 
 
 @TRAINER_REGISTRY.register()

@@ -24,7 +24,12 @@ ENSEMBLE_TEMPLATES = (
 
 
 class FixedPromptCLIP(PromptedCLIP):
-    """CLIP with hand-written class prompts; text features averaged over templates."""
+    """CLIP with hand-written class prompts; text features averaged over templates.
+
+    Like CoOp's zero-shot code, each template's features are normalised before averaging
+    (and the mean renormalised when there are several); the head normalises again, which
+    leaves unit vectors unchanged up to rounding.
+    """
 
     def __init__(self, clip_model: nn.Module, classnames: Sequence[str], templates: Sequence[str]) -> None:
         super().__init__(clip_model)
