@@ -191,6 +191,10 @@ class PromptTrainer(TrainerX):
         logits = self.model(images)
         return F.cross_entropy(logits, labels), logits
 
+    def loss_summary(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> Dict[str, float]:
+        """Hook: the values logged for a training batch (CoOp: loss and top-1 accuracy)."""
+        return {"loss": loss.item(), "acc": compute_accuracy(logits, labels)[0].item()}
+
     def forward_backward(self, batch: dict) -> Dict[str, float]:
         images, labels = self.parse_batch_train(batch)
         with self.autocast():
@@ -202,7 +206,7 @@ class PromptTrainer(TrainerX):
             self.scaler.update()
         else:
             self.model_backward_and_update(loss)
-        summary = {"loss": loss.item(), "acc": compute_accuracy(logits, labels)[0].item()}
+        summary = self.loss_summary(loss, logits, labels)
         if (self.batch_idx + 1) == self.num_batches:
             self.update_lr()
         return summary

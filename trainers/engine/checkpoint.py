@@ -18,11 +18,13 @@ import collections
 import copyreg
 import os
 import pickle
+import random
 import re
 import types
 import warnings
 from typing import Any, Callable, Dict, List, Mapping, Optional, Set
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -396,9 +398,40 @@ def resume_from_checkpoint(fdir: str, model: nn.Module, optimizer: Any = None, s
             except Exception as exc:
                 raise RuntimeError(f'Cannot restore the {label} from "{path}": {type(exc).__name__}: {exc}') from exc
             print(f"Loaded {label}")
+    if checkpoint.get("rng_state") is not None:
+        restore_rng_state(checkpoint["rng_state"])
+        print("Restored the random number generators")
     start_epoch = checkpoint["epoch"]
     print(f"Previous epoch: {start_epoch}")
     return start_epoch
+
+
+def capture_rng_state() -> Dict[str, Any]:
+    """Python, NumPy and torch generator states as weights-only-safe values.
+
+    Stored in every checkpoint (an extra key, ignored by Dassl-based loaders) so that a
+    resumed run shuffles and augments exactly like an uninterrupted one.
+    """
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": [version, list(internal), gauss],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: Mapping[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 def load_pretrained_weights(model: nn.Module, path: str) -> None:

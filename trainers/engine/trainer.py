@@ -17,8 +17,8 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from datasets.manager import DataManager
-from trainers.engine.checkpoint import (checkpoint_path, load_checkpoint, load_state_dict_checked,
-                                        resume_from_checkpoint, save_checkpoint)
+from trainers.engine.checkpoint import (capture_rng_state, checkpoint_path, load_checkpoint,
+                                        load_state_dict_checked, resume_from_checkpoint, save_checkpoint)
 from trainers.engine.evaluator import Classification
 from trainers.engine.logger import make_writer, write_scalar
 from trainers.engine.meters import AverageMeter, MetricMeter
@@ -127,6 +127,7 @@ class TrainerX:
     # ----- checkpoints ------------------------------------------------------------------
     def save_model(self, epoch: int, directory: str, is_best: bool = False,
                    val_result: Optional[float] = None, model_name: str = "") -> None:
+        rng_state = capture_rng_state()
         for name in self.get_model_names():
             optim, sched = self._optims[name], self._scheds[name]
             save_checkpoint({
@@ -135,6 +136,7 @@ class TrainerX:
                 "optimizer": optim.state_dict() if optim is not None else None,
                 "scheduler": sched.state_dict() if sched is not None else None,
                 "val_result": val_result,
+                "rng_state": rng_state,
             }, os.path.join(directory, name), is_best=is_best, model_name=model_name)
 
     def resume_model_if_exist(self, directory: str) -> int:

@@ -6,7 +6,7 @@ embeddings around the context are kept as buffers (``token_prefix`` = SOS,
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -54,13 +54,16 @@ class TextContextLearner(nn.Module):
     """CoOp's PromptLearner: ``ctx`` [M, D] or [C, M, D] placed around the class tokens."""
 
     def __init__(self, clip_model: nn.Module, classnames: Sequence[str], n_ctx: int = 16, ctx_init: str = "",
-                 class_specific: bool = False, class_token_position: str = "end") -> None:
+                 class_specific: bool = False, class_token_position: str = "end",
+                 context: Optional[Tuple[torch.Tensor, str]] = None) -> None:
+        """``context`` = (initial vectors, prompt prefix text) overrides ``init_context``: MaPLe learns
+        only the first words of its init phrase yet keeps the whole phrase in the prompt text."""
         super().__init__()
         if class_token_position not in CLASS_TOKEN_POSITIONS:
             raise ValueError(f"CLASS_TOKEN_POSITION must be one of {CLASS_TOKEN_POSITIONS}, "
                              f"got {class_token_position!r}")
         classnames = [clean_classname(c) for c in classnames]
-        ctx_vectors, prompt_prefix = init_context(
+        ctx_vectors, prompt_prefix = context if context is not None else init_context(
             clip_model, n_ctx, ctx_init, n_cls=len(classnames) if class_specific and not ctx_init else None)
         self.n_ctx = ctx_vectors.shape[-2]
         print(f'Initial context: "{prompt_prefix}"')
