@@ -152,6 +152,10 @@ class PromptTrainer(TrainerX):
     def is_trainable(self, parameter_name: str) -> bool:
         return "prompt_learner" in parameter_name
 
+    def optimizer_param_groups(self) -> Optional[List[dict]]:
+        """Hook: explicit optimizer parameter groups (None: every parameter of ``trainable_module``)."""
+        return None
+
     def build_model(self) -> None:
         cfg = self.cfg
         clip_model = load_clip_to_cpu(cfg)
@@ -171,7 +175,7 @@ class PromptTrainer(TrainerX):
         if cfg.MODEL.INIT_WEIGHTS:
             load_pretrained_weights(module, cfg.MODEL.INIT_WEIGHTS)
         self.model.to(self.device)
-        self.optim = build_optimizer(module, cfg.OPTIM)
+        self.optim = build_optimizer(module, cfg.OPTIM, param_groups=self.optimizer_param_groups())
         self.sched = build_lr_scheduler(self.optim, cfg.OPTIM)
         self.register_model(self.checkpoint_name, module, self.optim, self.sched)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "amp" and self.device.type == "cuda" else None

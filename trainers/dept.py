@@ -1,0 +1,366 @@
+"""DePT (Zhang et al., CVPR 2024): decoupled prompt tuning with a CAT head, around any prompt trainer.
+
+``dept(Trainer)`` returns the DePT version of a registered ``PromptTrainer``: the trainer's own
+``PromptedCLIP`` plus a Channel Adjusted Transfer head (``trainers/heads.py``). Every trainer
+gets it by name, also ones registered later: ``ExtrasLinearProbe<Name>`` (DePT's class names,
+e.g. ``ExtrasLinearProbeCoOp``) or ``DePT<Name>``. DePT only talks to the wrapped model through
+the ``PromptedCLIP`` protocol (``encode``, ``itm_logits``, ``cached_text_features``).
+
+Training (base model): loss = (1 - w) CE(ITM) + w CE(CAT) + whatever the wrapped method adds to
+its cross-entropy (KgCoOp's knowledge-guided term), i.e. the wrapped trainer's own loss with w of
+its ITM cross-entropy moved to the CAT head. Inference: fused ITM/CAT output on base models, ITM
+alone on new ones. Keys are DePT's (``TRAINER.LINEAR_PROBE.*``, ``TRAINER.FILM.*``,
+``TRAINER.NAMES_TO_UPDATE``, ``OPTIM.LR_EXP``) plus three explicit choices the original hard-codes:
+
+* ``TRAINER.LINEAR_PROBE.ROUTE`` "auto" | "base" | "new": which head a run uses. "auto" is DePT's
+  guess: base iff SUBSAMPLE_CLASSES is base, or all with "ImageNet" in DATASET.NAME (so the
+  ImageNet variants of domain generalisation are evaluated with the CAT head, other cross-data
+  set targets without). Training needs a base route.
+* ``TRAINER.LINEAR_PROBE.FUSION`` "logits" (DePT's code) | "probs" (paper Eq. 8).
+* ``TRAINER.FILM.INIT`` "identity" (DePT's code: scale 1, shift 0) | "random" (the paper's
+  wording; normal around the identity, std 0.02).
+
+Optimizer: two groups under one schedule, the prompts at OPTIM.LR and the CAT head at
+OPTIM.LR x OPTIM.LR_EXP (6.5). DePT gets there by changing Dassl defaults globally (STAGED_LR
+True, NEW_LAYERS [linear_probe, film], BASE_LR_MULT 1.0); here the DePT trainers build the two
+groups themselves and do not read those keys, so other trainers keep Dassl's defaults. DePT's
+CHECKPOINT_FREQ -1 needs no change: this engine saves only the last epoch for 0 as well.
+
+Checkpoints hold what is learned, under DePT's whole-model keys (``prompt_learner.*``,
+``film_lp_img.scale``, ``linear_probe_proj.weight`` [C_base, D], ...), in ``PromptLearner/``
+(``MultiModalPromptLearner/`` around MaPLe). Original DePT files, which also hold the frozen CLIP
+(``image_encoder.*``, ``text_encoder.*``), load: entries this model does not have are skipped
+and listed. ``--load-epoch -1`` loads the latest epoch, as DePT's launcher expects.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from datasets.imagenet import read_classnames, sorted_subfolders
+from trainers.base import PromptedCLIP, PromptTrainer
+from trainers.engine.checkpoint import find_last_checkpoint
+from trainers.engine.config import CN
+from trainers.engine.registry import TRAINER_REGISTRY, config_hook
+from trainers.heads import CAT_TYPES, CWT_INITS, FUSION_SPACES, CATHead, dept_loss, fuse
+
+ROUTES = ("auto", "base", "new")
+#: registry name prefixes that wrap a trainer: DePT's class names first, then the short form
+WRAPPER_PREFIXES = ("ExtrasLinearProbe", "DePT")
+#: DePT's registered module names where they differ from the wrapped trainer's
+CHECKPOINT_NAMES = {"prompt_learner": "PromptLearner"}
+CLASSIFIER_KEYS = ("linear_probe_proj.weight", "linear_probe_proj.bias")
+
+
+@config_hook
+def add_dept_config(cfg) -> None:
+    cfg.TRAINER.LINEAR_PROBE = CN()
+    cfg.TRAINER.LINEAR_PROBE.TYPE = "linear"  # "linear" (CAT) or "similarity" (paper variant v2)
+    cfg.TRAINER.LINEAR_PROBE.WEIGHT = 0.7  # lambda: loss mix and test-time fusion
+    cfg.TRAINER.LINEAR_PROBE.TEST_TIME_FUSION = True  # False: base models output the CAT logits alone
+    cfg.TRAINER.LINEAR_PROBE.ROUTE = "auto"
+    cfg.TRAINER.LINEAR_PROBE.FUSION = "logits"
+    cfg.TRAINER.FILM = CN()
+    cfg.TRAINER.FILM.LINEAR_PROBE = True  # build the two cwT layers
+    cfg.TRAINER.FILM.INIT = "identity"
+    cfg.TRAINER.NAMES_TO_UPDATE = ["prompt_learner", "linear_probe", "film"]
+    cfg.OPTIM.LR_EXP = 6.5
+
+
+def routes_to_base(cfg) -> bool:
+    """Whether a run builds and uses the CAT classifier (see ``TRAINER.LINEAR_PROBE.ROUTE``)."""
+    route = cfg.TRAINER.LINEAR_PROBE.ROUTE
+    if route == "auto":
+        subsample = cfg.DATASET.SUBSAMPLE_CLASSES
+        return subsample == "base" or (subsample == "all" and "ImageNet" in cfg.DATASET.NAME)
+    return route == "base"
+
+
+class DePTCLIP(nn.Module):
+    """A ``PromptedCLIP`` (``baseline``) beside a CAT head (``head``); same protocol, fused output.
+
+    Parameter names are the baseline's under ``baseline.`` and the head's under ``head.``; no
+    other parameter is added.
+    """
+
+    def __init__(self, baseline: PromptedCLIP, head: CATHead, base_route: bool, weight: float,
+                 test_time_fusion: bool = True, fusion: str = "logits") -> None:
+        super().__init__()
+        self.baseline = baseline
+        self.head = head
+        self.base_route = base_route
+        self.weight = weight
+        self.test_time_fusion = test_time_fusion
+        self.fusion = fusion
+
+    @property
+    def text_depends_on_image(self) -> bool:
+        return self.baseline.text_depends_on_image
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.baseline.dtype
+
+    def encode(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        return self.baseline.encode(images)
+
+    def itm_logits(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+        return self.baseline.itm_logits(image_features, text_features)
+
+    def cached_text_features(self):
+        return self.baseline.cached_text_features()
+
+    def deployed_logits(self, itm_logits: torch.Tensor, cat_logits: torch.Tensor) -> torch.Tensor:
+        """What a base model outputs: fused ITM/CAT, or CAT alone without test-time fusion."""
+        if not self.test_time_fusion:
+            return cat_logits
+        return fuse(itm_logits, cat_logits, self.weight, self.fusion)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        image_features, text_features = self.encode(images)
+        itm_logits = self.itm_logits(image_features, text_features)
+        if not self.base_route:
+            return itm_logits
+        cat_logits = self.head.inference_logits(image_features, text_features, self.itm_logits)
+        return self.deployed_logits(itm_logits, cat_logits)
+
+
+@contextlib.contextmanager
+def recording_encode(model: PromptedCLIP) -> Iterator[List[Tuple[torch.Tensor, torch.Tensor]]]:
+    """Record every ``model.encode`` result inside the block (the features behind a trainer's loss)."""
+    calls: List[Tuple[torch.Tensor, torch.Tensor]] = []
+    encode = model.encode
+
+    def recorded(images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        features = encode(images)
+        calls.append(features)
+        return features
+
+    model.encode = recorded
+    try:
+        yield calls
+    finally:
+        del model.encode
+
+
+def imagenet_variant_rows(dataset, num_rows: int) -> Optional[List[int]]:
+    """Rows of a ``num_rows``-class ImageNet classifier for each class of an ImageNet subset (A, R).
+
+    The subset's labels follow its sorted wnid folders; ImageNet's follow the sorted wnids of
+    ``classnames.txt``. DePT masks the rows in ``classnames.txt`` order, the same for the sorted
+    file everyone uses. None when the data set is no such subset.
+    """
+    dataset_dir, image_dir = getattr(dataset, "dataset_dir", None), getattr(dataset, "image_dir", None)
+    if not dataset_dir or not image_dir or not os.path.isfile(os.path.join(dataset_dir, "classnames.txt")):
+        return None
+    source = {wnid: i for i, wnid in enumerate(sorted(read_classnames(os.path.join(dataset_dir, "classnames.txt"))))}
+    target = sorted_subfolders(image_dir)
+    if len(source) != num_rows or not all(wnid in source for wnid in target):
+        return None
+    return [source[wnid] for wnid in target]
+
+
+def _grouped(keys: Sequence[str]) -> str:
+    """``image_encoder.* (152), logit_scale``: checkpoint keys summarised by their first component."""
+    counts: Dict[str, int] = {}
+    for key in keys:
+        group = key.split(".")[0] + (".*" if "." in key else "")
+        counts[group] = counts.get(group, 0) + 1
+    return ", ".join(f"{name} ({n})" if n > 1 else name for name, n in counts.items())
+
+
+class DePTTrainer(PromptTrainer):
+    """DePT's training and inference on top of ``baseline_trainer`` (set by ``dept``)."""
+
+    baseline_trainer: type = PromptTrainer
+
+    def check_cfg(self, cfg) -> None:
+        super().check_cfg(cfg)
+        lp, film = cfg.TRAINER.LINEAR_PROBE, cfg.TRAINER.FILM
+        for key, value, choices in (("LINEAR_PROBE.TYPE", lp.TYPE, CAT_TYPES), ("LINEAR_PROBE.ROUTE", lp.ROUTE, ROUTES),
+                                    ("LINEAR_PROBE.FUSION", lp.FUSION, FUSION_SPACES),
+                                    ("FILM.INIT", film.INIT, CWT_INITS)):
+            if value not in choices:
+                raise ValueError(f"TRAINER.{key} must be one of {choices}, got {value!r}")
+        if not 0.0 <= lp.WEIGHT <= 1.0:
+            raise ValueError(f"TRAINER.LINEAR_PROBE.WEIGHT must lie in [0, 1], got {lp.WEIGHT}")
+
+    # ----- model --------------------------------------------------------------------------
+    def build_custom_clip(self, clip_model: nn.Module) -> DePTCLIP:
+        cfg = self.cfg
+        if len(self.dm.tasks) != 1:
+            raise ValueError(f"DePT trains one data set at a time; DATASET.NAME {cfg.DATASET.NAME!r} has "
+                             f"{len(self.dm.tasks)} tasks")
+        baseline = super().build_custom_clip(clip_model)
+        lp, film = cfg.TRAINER.LINEAR_PROBE, cfg.TRAINER.FILM
+        base = routes_to_base(cfg)
+        print(f"DePT head: {'base (ITM + CAT)' if base else 'new (ITM only)'} (TRAINER.LINEAR_PROBE.ROUTE {lp.ROUTE}, "
+              f"SUBSAMPLE_CLASSES {cfg.DATASET.SUBSAMPLE_CLASSES}, DATASET.NAME {cfg.DATASET.NAME})")
+        head = CATHead(clip_model.text_projection.shape[1], self.dm.num_classes if base else None, clip_model.dtype,
+                       kind=lp.TYPE, use_cwt=film.LINEAR_PROBE, cwt_init=film.INIT)
+        return DePTCLIP(baseline, head, base, lp.WEIGHT, lp.TEST_TIME_FUSION, lp.FUSION)
+
+    def is_trainable(self, parameter_name: str) -> bool:
+        """The wrapped trainer's parameters, plus DePT's NAMES_TO_UPDATE substrings of the
+        original whole-model names (which select the CAT head by default)."""
+        scope, _, name = parameter_name.partition(".")
+        if any(part in name for part in self.cfg.TRAINER.NAMES_TO_UPDATE):
+            return True
+        return scope == "baseline" and super().is_trainable(name)
+
+    def trainable_module(self) -> nn.Module:
+        """What is checkpointed: the baseline's children that learn and the CAT modules, under
+        DePT's whole-model names (``prompt_learner.ctx``, ``film_lp_img.scale``, ...)."""
+        module = nn.Module()
+        for name, child in self.model.baseline.named_children():
+            if any(p.requires_grad for p in child.parameters()):
+                module.add_module(name, child)
+        for name, param in self.model.baseline.named_parameters(recurse=False):
+            if param.requires_grad:
+                module.register_parameter(name, param)
+        for name, child in self.model.head.named_children():
+            module.add_module(name, child)
+        return module
+
+    def optimizer_param_groups(self) -> List[dict]:
+        """Prompts at OPTIM.LR, the CAT head at OPTIM.LR x OPTIM.LR_EXP (one schedule for both)."""
+        optim = self.cfg.OPTIM
+        cat = [p for p in self.model.head.parameters() if p.requires_grad]
+        cat_ids = {id(p) for p in cat}
+        prompts = [p for p in self.model.parameters() if p.requires_grad and id(p) not in cat_ids]
+        groups = []
+        if prompts:
+            groups.append({"params": prompts})
+        if cat:
+            groups.append({"params": cat, "lr": optim.LR * optim.LR_EXP})
+        if not groups:
+            raise ValueError("DePT found no trainable parameters (check TRAINER.NAMES_TO_UPDATE)")
+        print(f"Learning rates: prompts {optim.LR} ({len(prompts)} tensors), "
+              f"CAT head {optim.LR * optim.LR_EXP} ({len(cat)} tensors)")
+        return groups
+
+    # ----- training and inference -----------------------------------------------------------
+    @contextlib.contextmanager
+    def _baseline_as_model(self) -> Iterator[DePTCLIP]:
+        """Let the wrapped trainer's code see its own model as ``self.model``."""
+        wrapped = self.model
+        self.model = wrapped.baseline
+        try:
+            yield wrapped
+        finally:
+            self.model = wrapped
+
+    def compute_loss(self, images: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The wrapped trainer's loss with w of its ITM cross-entropy moved to the CAT head.
+
+        The wrapped ``compute_loss`` must encode the batch once through ``model.encode`` and
+        return its ITM logits (true for every trainer built on the protocol); what it adds to the
+        cross-entropy of those logits (KgCoOp's term) is kept as is.
+        """
+        if not self.model.base_route:
+            raise RuntimeError(
+                f"DePT trains the CAT classifier on base classes only, but this run routes to the new-class head "
+                f"(TRAINER.LINEAR_PROBE.ROUTE {self.cfg.TRAINER.LINEAR_PROBE.ROUTE}, SUBSAMPLE_CLASSES "
+                f"{self.cfg.DATASET.SUBSAMPLE_CLASSES}, DATASET.NAME {self.cfg.DATASET.NAME}); "
+                "set TRAINER.LINEAR_PROBE.ROUTE base to train it")
+        with self._baseline_as_model() as model, recording_encode(model.baseline) as calls:
+            baseline_loss, itm_logits = super().compute_loss(images, labels)
+        if len(calls) != 1:
+            raise RuntimeError(f"DePT reads the features behind {self.baseline_trainer.__name__}.compute_loss from "
+                               f"one model.encode call; it made {len(calls)}")
+        image_features, text_features = calls[0]
+        cat_logits, cat_labels = model.head.training_logits(image_features, text_features, labels, model.itm_logits)
+        extra = baseline_loss - F.cross_entropy(itm_logits, labels)
+        loss = dept_loss(itm_logits, labels, cat_logits, cat_labels, model.weight) + extra
+        return loss, model.deployed_logits(itm_logits, cat_logits[-labels.numel():])
+
+    def model_inference(self, images: torch.Tensor) -> torch.Tensor:
+        """DePT's output (fused on base models), whatever the wrapped trainer's inference returns."""
+        return PromptTrainer.model_inference(self, images)
+
+    # ----- checkpoints ----------------------------------------------------------------------
+    def load_model(self, directory: str, epoch: Optional[int] = None) -> None:
+        """As the engine's, and a negative epoch (DePT's ``--load-epoch -1``) loads the latest one."""
+        if directory and epoch is not None and epoch < 0:
+            path = find_last_checkpoint(directory, self.checkpoint_name)
+            match = re.search(r"-(\d+)$", path or "")
+            if match is None:
+                raise FileNotFoundError(f"--load-epoch {epoch} asks for the latest epoch, but "
+                                        f"{os.path.join(directory, self.checkpoint_name)} holds no model.pth.tar-<epoch>")
+            epoch = int(match.group(1))
+        super().load_model(directory, epoch)
+
+    def adapt_loaded_state_dict(self, name: str, state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """The wrapped trainer's rules, then: skip what this model lacks (an original file's frozen
+        CLIP, the classifier on new classes) and keep the classifier rows of an ImageNet subset."""
+        state_dict = super().adapt_loaded_state_dict(name, state_dict)
+        own = self._models[name].state_dict()
+        skipped = [k for k in state_dict if k not in own]
+        if skipped:
+            print(f"Skipping checkpoint entries this model does not use: {_grouped(skipped)} "
+                  "(CLIP weights come from MODEL.BACKBONE)")
+        state_dict = {k: v for k, v in state_dict.items() if k in own}
+        weight_key, bias_key = CLASSIFIER_KEYS
+        if weight_key in state_dict and state_dict[weight_key].shape[0] != own[weight_key].shape[0]:
+            rows = imagenet_variant_rows(self.dm.dataset, state_dict[weight_key].shape[0])
+            if rows is not None:
+                print(f"Keeping the {len(rows)} of {state_dict[weight_key].shape[0]} classifier rows that are "
+                      f"classes of {self.cfg.DATASET.NAME} (matched by wnid via classnames.txt)")
+                for key in (weight_key, bias_key):
+                    state_dict[key] = state_dict[key][rows]
+        return state_dict
+
+
+_WRAPPERS: Dict[type, type] = {}
+
+
+def _unwrappable_reason(trainer: object) -> Optional[str]:
+    if not (isinstance(trainer, type) and issubclass(trainer, PromptTrainer)):
+        return "it is not a PromptTrainer"
+    if issubclass(trainer, DePTTrainer):
+        return "it already is a DePT trainer"
+    if trainer.build_model is not PromptTrainer.build_model:
+        return "it builds its model without PromptTrainer.build_model's hooks"
+    return None
+
+
+def dept(trainer: type) -> type:
+    """The DePT trainer class around ``trainer`` (one class per wrapped trainer)."""
+    if trainer not in _WRAPPERS:
+        reason = _unwrappable_reason(trainer)
+        if reason is not None:
+            raise TypeError(f"DePT cannot wrap {getattr(trainer, '__name__', trainer)!r}: {reason}")
+        name = WRAPPER_PREFIXES[0] + trainer.__name__
+        _WRAPPERS[trainer] = type(name, (DePTTrainer, trainer), {
+            "__module__": __name__, "__qualname__": name, "baseline_trainer": trainer,
+            "checkpoint_name": CHECKPOINT_NAMES.get(trainer.checkpoint_name, trainer.checkpoint_name),
+            "__doc__": f"DePT (CAT head, decoupled base/new inference) around {trainer.__name__}.",
+        })
+    return _WRAPPERS[trainer]
+
+
+def _resolve(name: str) -> Optional[type]:
+    """``ExtrasLinearProbe<Trainer>`` / ``DePT<Trainer>`` -> the DePT version of a registered trainer."""
+    for prefix in WRAPPER_PREFIXES:
+        inner = name[len(prefix):]
+        if name.startswith(prefix) and inner and inner in TRAINER_REGISTRY:
+            trainer = TRAINER_REGISTRY.get(inner)
+            reason = _unwrappable_reason(trainer)
+            if reason is not None:
+                raise KeyError(f'Trainer "{name}" would be DePT around "{inner}", but {reason}')
+            return dept(trainer)
+    return None
+
+
+def _wrapper_names() -> List[str]:
+    return [prefix + name for name, trainer in TRAINER_REGISTRY.items() if _unwrappable_reason(trainer) is None
+            for prefix in WRAPPER_PREFIXES]
+
+
+TRAINER_REGISTRY.add_resolver(_resolve, _wrapper_names)

@@ -1,0 +1,138 @@
+"""KgCoOp (Yao et al., CVPR 2023): CoOp plus a pull of the learned class text features
+towards frozen CLIP's hand-crafted ones ("knowledge-guided" term).
+
+loss = CE(logits, y) + W * kg, with kg = 1 - mean_c cos(learned_c, anchor_c) (the released
+code, default) or mean_c ||learned_c - anchor_c||^2 on L2-normalised features (the paper's
+form, ``TRAINER.COOP.KG_DISTANCE l2``; twice the cosine form per class). The anchors are the
+data set's template (KgCoOp's table) encoded once by the frozen CLIP and never checkpointed.
+"""
+from __future__ import annotations
+
+from typing import Dict, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import clip
+from datasets import DATASET_REGISTRY
+from trainers.base import PromptedCLIP, normalize
+from trainers.coop import DEFAULT_CTX_INIT_PHRASE, CoOp, TextPromptedCLIP, check_input_size
+from trainers.engine.registry import TRAINER_REGISTRY, config_hook
+from trainers.prompts.text import TextContextLearner, clean_classname
+
+KG_DISTANCES = ("cosine", "l2")
+
+#: KgCoOp's templates where they differ from the data set's CoOp template (``dm.dataset.template``).
+KGCOOP_TEMPLATE_OVERRIDES = {"DescribableTextures": "a photo of a {}, a type of texture."}
+
+#: entries of original KgCoOp checkpoints that no module here has (never used in its forward)
+UNUSED_ORIGINAL_KEYS = ("bias_vectors", "meta_net.")
+
+
+@config_hook
+def add_kgcoop_config(cfg) -> None:
+    """KgCoOp's keys live in CoOp's node, as in its repository (DePT's YAML sets W 2.0, the scripts 8.0)."""
+    cfg.TRAINER.COOP.W = 1.0
+    cfg.TRAINER.COOP.ALPHA = 1.0  # declared by KgCoOp, read by nothing
+    cfg.TRAINER.COOP.KG_DISTANCE = "cosine"
+    # KgCoOp replaces any truthy CTX_INIT by "a photo of a"; True here uses a CTX_INIT string as written.
+    cfg.TRAINER.COOP.KG_CTX_INIT_VERBATIM = False
+
+
+def kgcoop_ctx_init(value, verbatim: bool = False) -> str:
+    """The context phrase KgCoOp initialises from: "a photo of a" for any truthy CTX_INIT."""
+    if not value:
+        return ""
+    if verbatim and isinstance(value, str):
+        return value
+    if isinstance(value, str) and value != DEFAULT_CTX_INIT_PHRASE:
+        print(f'Note: KgCoOp initialises the context from "{DEFAULT_CTX_INIT_PHRASE}", not CTX_INIT "{value}" '
+              "(set TRAINER.COOP.KG_CTX_INIT_VERBATIM True to use it)")
+    return DEFAULT_CTX_INIT_PHRASE
+
+
+def kgcoop_template(dataset_name: str, default: str) -> str:
+    """KgCoOp's hand-crafted template for a data set (its table; the data set's own template otherwise)."""
+    return KGCOOP_TEMPLATE_OVERRIDES.get(DATASET_REGISTRY.resolve(dataset_name), default)
+
+
+@torch.no_grad()
+def hand_crafted_text_features(clip_model: nn.Module, classnames: Sequence[str], template: str) -> torch.Tensor:
+    """L2-normalised frozen-CLIP text features [C, D] of ``template`` filled with each class name."""
+    prompts = [template.format(clean_classname(name)) for name in classnames]
+    print(f"Prompts: {prompts}")
+    device = clip_model.token_embedding.weight.device
+    return normalize(clip_model.encode_text(clip.tokenize(prompts).to(device)))
+
+
+def knowledge_guided_distance(text_features: torch.Tensor, anchors: torch.Tensor,
+                              distance: str = "cosine") -> torch.Tensor:
+    """Mean distance between learned class text features [C, D] (raw) and normalised anchors [C, D]."""
+    text_features = normalize(text_features)
+    anchors = anchors.type_as(text_features)
+    if distance == "cosine":
+        return 1.0 - F.cosine_similarity(text_features, anchors, dim=-1, eps=1e-7).mean()
+    if distance == "l2":
+        return (text_features - anchors).pow(2).sum(dim=-1).mean()
+    raise ValueError(f"distance must be one of {KG_DISTANCES}, got {distance!r}")
+
+
+class KnowledgeGuidedCLIP(TextPromptedCLIP):
+    """CoOp's CLIP plus the hand-crafted class text features as a non-persistent buffer."""
+
+    def __init__(self, clip_model: nn.Module, prompt_learner: nn.Module, anchors: torch.Tensor) -> None:
+        super().__init__(clip_model, prompt_learner)
+        self.register_buffer("anchor_text_features", anchors, persistent=False)
+
+
+@TRAINER_REGISTRY.register()
+class KgCoOp(CoOp):
+    """CoOp + W x knowledge-guided distance to frozen CLIP's template text features.
+
+    Differences from the original trainer, none of which changes a fp16/fp32 run's numbers
+    beyond rounding: the anchors come from the frozen CLIP already loaded (KgCoOp loads a
+    second, identical copy; under PREC fp32 they are therefore computed in fp32, not fp16);
+    the unused ``bias_vectors``/``meta_net``/``adapter`` modules are not built (their
+    checkpoint entries are skipped on load), so the torch RNG after the ctx init (and with it
+    the training-data order for a seed) differs; ``CLASS_TOKEN_POSITION`` is honoured
+    (KgCoOp always puts the class at the end); PREC amp works (KgCoOp's amp path crashes).
+    """
+
+    config_node = "COOP"
+    class_dependent_keys = ("token_prefix", "token_suffix", "token_midfix")
+
+    def check_cfg(self, cfg) -> None:
+        super().check_cfg(cfg)
+        distance = cfg.TRAINER.COOP.KG_DISTANCE
+        if distance not in KG_DISTANCES:
+            raise ValueError(f"TRAINER.COOP.KG_DISTANCE must be one of {KG_DISTANCES}, got {distance!r}")
+
+    def build_custom_clip(self, clip_model: nn.Module) -> PromptedCLIP:
+        opts = self.cfg.TRAINER.COOP
+        check_input_size(self.cfg, clip_model)
+        learner = TextContextLearner(clip_model, self.dm.dataset.classnames, n_ctx=opts.N_CTX,
+                                     ctx_init=kgcoop_ctx_init(opts.CTX_INIT, opts.KG_CTX_INIT_VERBATIM),
+                                     class_specific=opts.CSC, class_token_position=opts.CLASS_TOKEN_POSITION)
+        template = kgcoop_template(self.dm.tasks[0].name, self.dm.dataset.template)
+        # Encoded on the run's device: fp16 CLIP on the CPU is slow (everything moves there next anyway).
+        anchors = hand_crafted_text_features(clip_model.to(self.device), self.dm.dataset.classnames, template)
+        return KnowledgeGuidedCLIP(clip_model, learner, anchors)
+
+    def knowledge_guided_loss(self, text_features: torch.Tensor) -> torch.Tensor:
+        """The KG term of raw learned class text features [C, D] (DePT's KgCoOp wrapper reuses it)."""
+        return knowledge_guided_distance(text_features, self.model.anchor_text_features,
+                                         self.cfg.TRAINER.COOP.KG_DISTANCE)
+
+    def compute_loss(self, images: torch.Tensor, labels: torch.Tensor):
+        image_features, text_features = self.model.encode(images)
+        logits = self.model.itm_logits(image_features, text_features)
+        loss = F.cross_entropy(logits, labels) + self.cfg.TRAINER.COOP.W * self.knowledge_guided_loss(text_features)
+        return loss, logits
+
+    def adapt_loaded_state_dict(self, name: str, state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        state_dict = super().adapt_loaded_state_dict(name, state_dict)
+        unused = [k for k in state_dict if k.startswith(UNUSED_ORIGINAL_KEYS)]
+        if unused:
+            print(f"Ignoring entries of the original KgCoOp that no module here uses: {', '.join(unused)}")
+        return {k: v for k, v in state_dict.items() if k not in unused}
