@@ -184,3 +184,25 @@ def test_list_registered_trainers_and_datasets(capsys):
     assert train.main(["--list-trainers", "--list-datasets"]) == 0
     out = capsys.readouterr().out
     assert "CoOp" in out and "ZeroshotCLIP2" in out and "OxfordPets" in out and "Synthetic" in out
+
+
+def test_multi_task_coop_reports_each_task_and_the_mean(run_train, data_root, tmp_path):
+    out = str(tmp_path / "mt")
+    code, log = run_train(*coop_args(data_root, "DATASET.NAME", "Synthetic,SyntheticB", "OPTIM.MAX_EPOCH", "2",
+                                     "TEST.SAVE_PREDICTIONS", "True"), output_dir=out)
+    assert code == 0
+    assert "=> task: Synthetic" in log and "=> task: SyntheticB" in log
+    task_acc = [float(a) for a in re.findall(r"\* accuracy: ([\d.]+)%", log)]
+    assert task_acc[-1] == pytest.approx((task_acc[-3] + task_acc[-2]) / 2, abs=0.051)
+    rows = read_predictions(os.path.join(out, "predictions.csv"))
+    assert "task" in rows[0]
+    assert {r[rows[0].index("task")] for r in rows[1:]} == {"Synthetic", "SyntheticB"}
+
+
+def test_best_val_deploys_the_best_checkpoint(run_train, data_root, tmp_path):
+    out = str(tmp_path / "best")
+    code, log = run_train(*coop_args(data_root, "TEST.FINAL_MODEL", "best_val", "OPTIM.MAX_EPOCH", "2"),
+                          output_dir=out)
+    assert code == 0 and "Evaluate on the *val* set" in log
+    assert "Deploy the model with the best val performance" in log
+    assert os.path.isfile(os.path.join(out, "prompt_learner", "model-best.pth.tar"))

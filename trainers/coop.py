@@ -53,7 +53,7 @@ class CoOp(PromptTrainer):
     def build_custom_clip(self, clip_model: nn.Module) -> PromptedCLIP:
         opts = self.cfg.TRAINER.COOP
         check_input_size(self.cfg, clip_model)
-        learner = TextContextLearner(clip_model, self.dm.dataset.classnames, n_ctx=opts.N_CTX,
+        learner = TextContextLearner(clip_model, self.classnames, n_ctx=opts.N_CTX,
                                      ctx_init=ctx_init_phrase(opts.CTX_INIT), class_specific=opts.CSC,
                                      class_token_position=opts.CLASS_TOKEN_POSITION)
         return TextPromptedCLIP(clip_model, learner)

@@ -24,26 +24,30 @@ ENSEMBLE_TEMPLATES = (
 
 
 class FixedPromptCLIP(PromptedCLIP):
-    """CLIP with hand-written class prompts; text features averaged over templates.
+    """CLIP with hand-written class prompts; each class's features averaged over its templates.
 
-    Like CoOp's zero-shot code, each template's features are normalised before averaging
-    (and the mean renormalised when there are several); the head normalises again, which
-    leaves unit vectors unchanged up to rounding.
+    Like CoOp's zero-shot code, each prompt's features are normalised before averaging (and
+    the mean renormalised when a class has several); the head normalises again, which leaves
+    unit vectors unchanged up to rounding.
     """
 
-    def __init__(self, clip_model: nn.Module, classnames: Sequence[str], templates: Sequence[str]) -> None:
+    def __init__(self, clip_model: nn.Module, prompts_per_class: Sequence[Sequence[str]]) -> None:
         super().__init__(clip_model)
-        names = [clean_classname(c) for c in classnames]
-        self.prompts: List[List[str]] = [[t.format(n) for n in names] for t in templates]
-        self.register_buffer("tokenized", torch.stack([clip.tokenize(p) for p in self.prompts]), persistent=False)
+        self.prompts_per_class = [list(p) for p in prompts_per_class]
+        flat = [p for prompts in self.prompts_per_class for p in prompts]
+        self.register_buffer("tokenized", clip.tokenize(flat), persistent=False)
         self.register_buffer("fixed_text_features", torch.empty(0), persistent=False)
 
     @torch.no_grad()
     def class_text_features(self) -> torch.Tensor:
         if self.fixed_text_features.numel() == 0:
-            per_template = [normalize(self.clip.encode_text(ids)) for ids in self.tokenized]
-            mean = torch.stack(per_template).mean(dim=0)
-            self.fixed_text_features = normalize(mean) if len(per_template) > 1 else mean
+            features = normalize(self.clip.encode_text(self.tokenized))
+            rows, start = [], 0
+            for prompts in self.prompts_per_class:
+                block = features[start:start + len(prompts)]
+                rows.append(normalize(block.mean(dim=0)) if len(prompts) > 1 else block[0])
+                start += len(prompts)
+            self.fixed_text_features = torch.stack(rows)
         return self.fixed_text_features
 
 
@@ -53,8 +57,8 @@ class ZeroshotCLIP(PromptTrainer):
 
     config_node = "COOP"
 
-    def templates(self) -> List[str]:
-        return [self.dm.dataset.template]
+    def templates(self, task) -> List[str]:
+        return [task.template]
 
     def build_model(self) -> None:
         clip_model = load_clip_to_cpu(self.cfg)
@@ -62,12 +66,14 @@ class ZeroshotCLIP(PromptTrainer):
             clip_model.float()
         for param in clip_model.parameters():
             param.requires_grad_(False)
-        self.model = FixedPromptCLIP(clip_model, self.dm.dataset.classnames, self.templates())
+        prompts = [[t.format(clean_classname(name)) for t in self.templates(task)]
+                   for task in self.dm.tasks for name in task.classnames]
+        self.model = FixedPromptCLIP(clip_model, prompts)
         self.model.to(self.device)
-        if len(self.model.prompts) == 1:
-            print(f"Prompts: {self.model.prompts[0]}")
+        if all(len(p) == 1 for p in prompts):
+            print(f"Prompts: {[p[0] for p in prompts]}")
         else:
-            print(f"Prompt ensembling (n={len(self.model.prompts)})")
+            print(f"Prompt ensembling (n={max(len(p) for p in prompts)})")
         self.model.class_text_features()
         self.scaler = None
 
@@ -79,8 +85,5 @@ class ZeroshotCLIP(PromptTrainer):
 class ZeroshotCLIP2(ZeroshotCLIP):
     """Prompt ensembling over CLIP's 7 selected templates (+ the data set's own, except ImageNet)."""
 
-    def templates(self) -> List[str]:
-        templates = list(ENSEMBLE_TEMPLATES)
-        if self.cfg.DATASET.NAME != "ImageNet":
-            templates.append(self.dm.dataset.template)
-        return templates
+    def templates(self, task) -> List[str]:
+        return list(ENSEMBLE_TEMPLATES) + ([task.template] if task.name != "ImageNet" else [])

@@ -261,6 +261,42 @@ class TrainerX:
     def model_inference(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images)
 
+    @property
+    def classnames(self) -> List[str]:
+        """Every task's class names, concatenated in task order (one task: its classes)."""
+        return [name for task in self.dm.tasks for name in task.classnames]
+
+    def restrict_to_tasks(self, logits: torch.Tensor, tasks: Optional[torch.Tensor]):
+        """Logits over all tasks' classes -> each row over its own task's classes.
+
+        Returns the tensor unchanged for one task, else a list of 1-D tensors (the evaluator
+        accepts rows of different lengths).
+        """
+        if len(self.dm.tasks) == 1 or tasks is None:
+            return logits
+        return [row[t.class_offset:t.class_offset + t.num_classes]
+                for row, t in zip(logits, (self.dm.tasks[int(i)] for i in tasks))]
+
+    def _task_offsets(self, tasks: torch.Tensor, device) -> "tuple[torch.Tensor, torch.Tensor]":
+        offsets = torch.tensor([t.class_offset for t in self.dm.tasks], device=device)[tasks]
+        sizes = torch.tensor([t.num_classes for t in self.dm.tasks], device=device)[tasks]
+        return offsets, sizes
+
+    def labels_in_all_classes(self, labels: torch.Tensor, tasks: Optional[torch.Tensor]) -> torch.Tensor:
+        """Task-local labels -> indices into the concatenation of all tasks' classes."""
+        if len(self.dm.tasks) == 1 or tasks is None:
+            return labels
+        return labels + self._task_offsets(tasks, labels.device)[0]
+
+    def mask_other_tasks(self, logits: torch.Tensor, tasks: Optional[torch.Tensor]) -> torch.Tensor:
+        """Set logits outside each row's task to -inf, so cross-entropy and argmax stay in the task."""
+        if len(self.dm.tasks) == 1 or tasks is None:
+            return logits
+        offsets, sizes = self._task_offsets(tasks, logits.device)
+        columns = torch.arange(logits.shape[1], device=logits.device)[None]
+        inside = (columns >= offsets[:, None]) & (columns < (offsets + sizes)[:, None])
+        return logits.masked_fill(~inside, float("-inf"))
+
     def begin_evaluation(self) -> None:
         """Hook: work done once per evaluation (e.g. encoding a fixed prompt's class texts)."""
 
@@ -281,8 +317,9 @@ class TrainerX:
         try:
             for batch in tqdm(loader, dynamic_ncols=True, leave=False):
                 images, labels = self.parse_batch_test(batch)
-                logits = self.model_inference(images)
-                self.evaluator.process(logits, labels, tasks=batch.get("task"), impaths=batch.get("impath"))
+                tasks = batch.get("task")
+                logits = self.restrict_to_tasks(self.model_inference(images), tasks)
+                self.evaluator.process(logits, labels, tasks=tasks, impaths=batch.get("impath"))
         finally:
             self.end_evaluation()
         results = self.evaluator.evaluate()
