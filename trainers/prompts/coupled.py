@@ -73,7 +73,6 @@ class MultiModalPromptLearner(TextContextLearner):
         super().__init__(clip_model, classnames, context=coupled_context(clip_model, n_ctx, ctx_init))
         text_width = clip_model.ln_final.weight.shape[0]
         vision_width = clip_model.visual.transformer.width
-        self.depth = depth
         self.proj = nn.Linear(text_width, vision_width).to(clip_model.dtype)
         self.compound_prompts_text = nn.ParameterList(
             [nn.Parameter(torch.empty(self.n_ctx, text_width)) for _ in range(depth - 1)])
