@@ -9,7 +9,8 @@ the ``PromptedCLIP`` protocol (``encode``, ``itm_logits``, ``cached_text_feature
 Training (base model): loss = (1 - w) CE(ITM) + w CE(CAT) + whatever the wrapped method adds to
 its cross-entropy (KgCoOp's knowledge-guided term), i.e. the wrapped trainer's own loss with w of
 its ITM cross-entropy moved to the CAT head. Inference: fused ITM/CAT output on base models, ITM
-alone on new ones. Keys are DePT's (``TRAINER.LINEAR_PROBE.*``, ``TRAINER.FILM.*``,
+alone on new ones. The training log's ``acc`` is that of the fused output (DePT logs the loss
+only). Keys are DePT's (``TRAINER.LINEAR_PROBE.*``, ``TRAINER.FILM.*``,
 ``TRAINER.NAMES_TO_UPDATE``, ``OPTIM.LR_EXP``) plus three explicit choices the original hard-codes:
 
 * ``TRAINER.LINEAR_PROBE.ROUTE`` "auto" | "base" | "new": which head a run uses. "auto" is DePT's
@@ -19,6 +20,10 @@ alone on new ones. Keys are DePT's (``TRAINER.LINEAR_PROBE.*``, ``TRAINER.FILM.*
 * ``TRAINER.LINEAR_PROBE.FUSION`` "logits" (DePT's code) | "probs" (paper Eq. 8).
 * ``TRAINER.FILM.INIT`` "identity" (DePT's code: scale 1, shift 0) | "random" (the paper's
   wording; normal around the identity, std 0.02).
+
+Trainable: what the wrapped trainer trains, plus every parameter whose DePT (whole-model) name
+contains a ``TRAINER.NAMES_TO_UPDATE`` substring (default: the CAT head and ``prompt_learner``);
+DePT uses the substrings alone, which would freeze a later trainer's differently named prompts.
 
 Optimizer: two groups under one schedule, the prompts at OPTIM.LR and the CAT head at
 OPTIM.LR x OPTIM.LR_EXP (6.5). DePT gets there by changing Dassl defaults globally (STAGED_LR
@@ -37,7 +42,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import ContextManager, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -113,7 +118,7 @@ class DePTCLIP(nn.Module):
     def itm_logits(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
         return self.baseline.itm_logits(image_features, text_features)
 
-    def cached_text_features(self):
+    def cached_text_features(self) -> ContextManager[None]:
         return self.baseline.cached_text_features()
 
     def deployed_logits(self, itm_logits: torch.Tensor, cat_logits: torch.Tensor) -> torch.Tensor:
@@ -135,6 +140,7 @@ class DePTCLIP(nn.Module):
 def recording_encode(model: PromptedCLIP) -> Iterator[List[Tuple[torch.Tensor, torch.Tensor]]]:
     """Record every ``model.encode`` result inside the block (the features behind a trainer's loss)."""
     calls: List[Tuple[torch.Tensor, torch.Tensor]] = []
+    own = vars(model).get("encode")  # an instance-level encode (a patched one) is restored afterwards
     encode = model.encode
 
     def recorded(images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -146,7 +152,10 @@ def recording_encode(model: PromptedCLIP) -> Iterator[List[Tuple[torch.Tensor, t
     try:
         yield calls
     finally:
-        del model.encode
+        if own is None:
+            del model.encode
+        else:
+            model.encode = own
 
 
 def imagenet_variant_rows(dataset, num_rows: int) -> Optional[List[int]]:
@@ -241,8 +250,8 @@ class DePTTrainer(PromptTrainer):
             groups.append({"params": cat, "lr": optim.LR * optim.LR_EXP})
         if not groups:
             raise ValueError("DePT found no trainable parameters (check TRAINER.NAMES_TO_UPDATE)")
-        print(f"Learning rates: prompts {optim.LR} ({len(prompts)} tensors), "
-              f"CAT head {optim.LR * optim.LR_EXP} ({len(cat)} tensors)")
+        print(f"Learning rates: prompts {optim.LR:g} ({len(prompts)} tensors), "
+              f"CAT head {optim.LR * optim.LR_EXP:g} ({len(cat)} tensors)")
         return groups
 
     # ----- training and inference -----------------------------------------------------------
@@ -302,9 +311,14 @@ class DePTTrainer(PromptTrainer):
         state_dict = super().adapt_loaded_state_dict(name, state_dict)
         own = self._models[name].state_dict()
         skipped = [k for k in state_dict if k not in own]
-        if skipped:
-            print(f"Skipping checkpoint entries this model does not use: {_grouped(skipped)} "
-                  "(CLIP weights come from MODEL.BACKBONE)")
+        classifier = [k for k in skipped if k in CLASSIFIER_KEYS]
+        if classifier:
+            print("Skipping the base-class classifier of the checkpoint: this model routes to the new-class "
+                  "head (ITM only)")
+        others = [k for k in skipped if k not in CLASSIFIER_KEYS]
+        if others:
+            print(f"Skipping checkpoint entries this model does not have: {_grouped(others)} "
+                  "(an original DePT file's frozen CLIP; the CLIP weights come from MODEL.BACKBONE)")
         state_dict = {k: v for k, v in state_dict.items() if k in own}
         weight_key, bias_key = CLASSIFIER_KEYS
         if weight_key in state_dict and state_dict[weight_key].shape[0] != own[weight_key].shape[0]:

@@ -50,6 +50,8 @@ class CATHead(nn.Module):
     ``num_classes`` None builds no classifier (DePT's "new" models, which only use ITM); so
     does ``kind`` "similarity" (paper variant v2: cosine logits between transformed features).
     ``use_cwt`` False leaves the features untouched (DePT's ``TRAINER.FILM.LINEAR_PROBE``).
+    The classifier is stored in CLIP's dtype as in DePT (fp16 under PREC fp16, updated without
+    fp32 master weights); the cwT parameters stay fp32.
     """
 
     def __init__(self, dim: int, num_classes: Optional[int], dtype: torch.dtype, kind: str = "linear",

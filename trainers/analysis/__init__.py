@@ -1,0 +1,1 @@
+"""Analysis commands run as modules: ``python -m trainers.analysis.<name>``."""
