@@ -206,3 +206,11 @@ def test_best_val_deploys_the_best_checkpoint(run_train, data_root, tmp_path):
     assert code == 0 and "Evaluate on the *val* set" in log
     assert "Deploy the model with the best val performance" in log
     assert os.path.isfile(os.path.join(out, "prompt_learner", "model-best.pth.tar"))
+
+
+def test_negative_load_epoch_loads_the_latest_checkpoint(run_train, data_root, tmp_path):
+    out = str(tmp_path / "train")
+    assert run_train(*coop_args(data_root, "OPTIM.MAX_EPOCH", "2", "TRAIN.CHECKPOINT_FREQ", "1"), output_dir=out)[0] == 0
+    code, log = run_train(*coop_args(data_root, flags=["--model-dir", out, "--load-epoch", "-1", "--eval-only"]),
+                          output_dir=str(tmp_path / "eval"))
+    assert code == 0 and "model.pth.tar-2" in log

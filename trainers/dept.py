@@ -35,13 +35,12 @@ Checkpoints hold what is learned, under DePT's whole-model keys (``prompt_learne
 ``film_lp_img.scale``, ``linear_probe_proj.weight`` [C_base, D], ...), in ``PromptLearner/``
 (``MultiModalPromptLearner/`` around MaPLe). Original DePT files, which also hold the frozen CLIP
 (``image_encoder.*``, ``text_encoder.*``), load: entries this model does not have are skipped
-and listed. ``--load-epoch -1`` loads the latest epoch, as DePT's launcher expects.
+and listed. ``--load-epoch -1`` (DePT's launcher) loads the latest epoch, as for every trainer.
 """
 from __future__ import annotations
 
 import contextlib
 import os
-import re
 from typing import ContextManager, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
@@ -50,7 +49,6 @@ import torch.nn.functional as F
 
 from datasets.imagenet import read_classnames, sorted_subfolders
 from trainers.base import PromptedCLIP, PromptTrainer
-from trainers.engine.checkpoint import find_last_checkpoint
 from trainers.engine.config import CN
 from trainers.engine.registry import TRAINER_REGISTRY, config_hook
 from trainers.heads import CAT_TYPES, CWT_INITS, FUSION_SPACES, CATHead, dept_loss, fuse
@@ -294,17 +292,6 @@ class DePTTrainer(PromptTrainer):
         return PromptTrainer.model_inference(self, images)
 
     # ----- checkpoints ----------------------------------------------------------------------
-    def load_model(self, directory: str, epoch: Optional[int] = None) -> None:
-        """As the engine's, and a negative epoch (DePT's ``--load-epoch -1``) loads the latest one."""
-        if directory and epoch is not None and epoch < 0:
-            path = find_last_checkpoint(directory, self.checkpoint_name)
-            match = re.search(r"-(\d+)$", path or "")
-            if match is None:
-                raise FileNotFoundError(f"--load-epoch {epoch} asks for the latest epoch, but "
-                                        f"{os.path.join(directory, self.checkpoint_name)} holds no model.pth.tar-<epoch>")
-            epoch = int(match.group(1))
-        super().load_model(directory, epoch)
-
     def adapt_loaded_state_dict(self, name: str, state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         """The wrapped trainer's rules, then: skip what this model lacks (an original file's frozen
         CLIP, the classifier on new classes) and keep the classifier rows of an ImageNet subset."""

@@ -81,6 +81,17 @@ def find_last_checkpoint(directory: str, name: str) -> Optional[str]:
 
 # ----- saving ----------------------------------------------------------------------------------------
 
+def latest_checkpoint(directory: str, name: str) -> str:
+    """The highest-epoch ``model.pth.tar-<N>`` in ``<directory>/<name>``."""
+    folder = os.path.join(directory, name)
+    epochs = [int(m.group(1)) for f in (os.listdir(folder) if os.path.isdir(folder) else [])
+              for m in [re.fullmatch(r"model\.pth\.tar-(\d+)", f)] if m]
+    if not epochs:
+        raise FileNotFoundError(f'--load-epoch -1 asks for the latest epoch, but "{folder}" holds no '
+                                "model.pth.tar-<epoch> file")
+    return os.path.join(folder, f"model.pth.tar-{max(epochs)}")
+
+
 def _strip_module_prefix(state_dict: Mapping[str, Any]) -> Mapping[str, Any]:
     """Drop DataParallel's ``module.`` so the keys fit the bare module."""
     if not any(k.startswith("module.") for k in state_dict):

@@ -17,7 +17,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from datasets.manager import DataManager
-from trainers.engine.checkpoint import (capture_rng_state, checkpoint_path, load_checkpoint,
+from trainers.engine.checkpoint import (capture_rng_state, checkpoint_path, latest_checkpoint, load_checkpoint,
                                         load_state_dict_checked, resume_from_checkpoint, save_checkpoint)
 from trainers.engine.evaluator import Classification
 from trainers.engine.logger import make_writer, write_scalar
@@ -152,12 +152,17 @@ class TrainerX:
         return start_epoch
 
     def load_model(self, directory: str, epoch: Optional[int] = None) -> None:
-        """Load weights for evaluation (CoOp's tolerant version: class-dependent buffers dropped)."""
+        """Load weights for evaluation (CoOp's tolerant version: class-dependent buffers dropped).
+
+        ``epoch`` None loads ``model-best.pth.tar``; a negative epoch (DePT's ``--load-epoch -1``)
+        the latest ``model.pth.tar-<N>``.
+        """
         if not directory:
             print("Note that load_model() is skipped as no pretrained model is given")
             return
         for name in self.get_model_names():
-            path = checkpoint_path(directory, name, epoch)
+            path = latest_checkpoint(directory, name) if epoch is not None and epoch < 0 else \
+                checkpoint_path(directory, name, epoch)
             if not os.path.exists(path):
                 raise FileNotFoundError(f'Model not found at "{path}"')
             checkpoint = load_checkpoint(path)
