@@ -27,7 +27,7 @@ for DATASET in ${DATASETS}; do
         run_unless_finished "${OUTPUT}/train_base/${RUN}" "${COMMON[@]}" \
             DATASET.NUM_SHOTS "${SHOTS}" DATASET.SUBSAMPLE_CLASSES base ${EXTRA_OPTS}
         run_unless_finished "${OUTPUT}/test_new/${RUN}" "${COMMON[@]}" \
-            --model-dir "${OUTPUT}/train_base/${RUN}" --load-epoch "$(latest_epoch "${OUTPUT}/train_base/${RUN}")" \
+            --model-dir "${OUTPUT}/train_base/${RUN}" --load-epoch -1 \
             --eval-only DATASET.NUM_SHOTS "${SHOTS}" DATASET.SUBSAMPLE_CLASSES new ${EXTRA_OPTS}
     done
 done

@@ -29,7 +29,7 @@ for DATASET in ${TARGETS}; do
         run_unless_finished "${OUTPUT}/${TRAINER}/${DATASET}/shots${SHOTS}/${CFG}/seed${SEED}" \
             --root "${DATA}" --seed "${SEED}" --trainer "${TRAINER}" \
             --dataset-config-file "configs/datasets/${DATASET}.yaml" --config-file "configs/trainers/${TRAINER}/${CFG}.yaml" \
-            --model-dir "${SOURCE}" --load-epoch "$(latest_epoch "${SOURCE}")" \
+            --model-dir "${SOURCE}" --load-epoch -1 \
             --eval-only DATASET.SUBSAMPLE_CLASSES all ${EXTRA_OPTS}
     done
 done
