@@ -8,6 +8,10 @@ subprocess and reports its peak resident set size growth over the model-building
 
     python benchmarks/bench_trainers.py                 # all scenarios
     python benchmarks/bench_trainers.py --only coop     # one scenario
+
+CoCoOp's "straightforward" is the original: one full-length text-encoder call per image;
+"ours" encodes TEXT_CHUNK images' prompts per call, cut after the last end-of-text token.
+It uses its own (small) batch, ``--cocoop-batch``: every image brings C prompts.
 """
 from __future__ import annotations
 
@@ -28,7 +32,9 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from clip.model import CLIP  # noqa: E402
+from trainers.cocoop import DEFAULT_TEXT_CHUNK, ConditionalPromptedCLIP  # noqa: E402
 from trainers.coop import TextPromptedCLIP  # noqa: E402
+from trainers.prompts.conditional import ConditionalContextLearner  # noqa: E402
 from trainers.prompts.text import TextContextLearner  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -80,12 +86,9 @@ def build_coop(args, straightforward: bool) -> TextPromptedCLIP:
     return TextPromptedCLIP(clip_model, learner)
 
 
-def coop_variant(args, straightforward: bool) -> Dict[str, float]:
-    """One CoOp training-step time and peak memory, and one evaluation time."""
-    model = build_coop(args, straightforward)
+def train_step_cost(model, images: torch.Tensor, labels: torch.Tensor, args) -> "tuple[float, float]":
+    """(seconds per SGD step on the prompt learner, peak memory of those steps in bytes)."""
     optim = torch.optim.SGD(model.prompt_learner.parameters(), lr=0.002, momentum=0.9)
-    images = torch.randn(args.batch, 3, 224, 224, device=DEVICE)
-    labels = torch.randint(0, args.classes, (args.batch,), device=DEVICE)
 
     def step() -> None:
         loss = F.cross_entropy(model(images), labels)
@@ -97,7 +100,15 @@ def coop_variant(args, straightforward: bool) -> Dict[str, float]:
         torch.cuda.reset_peak_memory_stats()
     base = peak_bytes_since_reset()
     step_time = timed(step, args.repeats, args.warmup)
-    peak = peak_bytes_since_reset() - (0 if DEVICE.type == "cuda" else base)
+    return step_time, peak_bytes_since_reset() - (0 if DEVICE.type == "cuda" else base)
+
+
+def coop_variant(args, straightforward: bool) -> Dict[str, float]:
+    """One CoOp training-step time and peak memory, and one evaluation time."""
+    model = build_coop(args, straightforward)
+    images = torch.randn(args.batch, 3, 224, 224, device=DEVICE)
+    labels = torch.randint(0, args.classes, (args.batch,), device=DEVICE)
+    step_time, peak = train_step_cost(model, images, labels, args)
 
     @torch.no_grad()
     def evaluate() -> None:
@@ -113,7 +124,28 @@ def coop_variant(args, straightforward: bool) -> Dict[str, float]:
     return {"step_s": step_time, "peak_mb": peak / 2 ** 20, "eval_s": eval_time}
 
 
-SCENARIOS = {"coop": coop_variant}
+def cocoop_variant(args, straightforward: bool) -> Dict[str, float]:
+    """CoCoOp (4 ctx from "a photo of a", as its base-to-new config): step, peak memory, evaluation."""
+    torch.manual_seed(0)
+    clip_model = vit_b16()
+    clip_model.truncate_text = not straightforward
+    learner = ConditionalContextLearner(clip_model, class_names(args.classes), ctx_init="a photo of a").to(DEVICE)
+    chunk = 1 if straightforward else DEFAULT_TEXT_CHUNK
+    model = ConditionalPromptedCLIP(clip_model, learner, images_per_text_call=chunk)
+    images = torch.randn(args.cocoop_batch, 3, 224, 224, device=DEVICE)
+    labels = torch.randint(0, args.classes, (args.cocoop_batch,), device=DEVICE)
+    step_time, peak = train_step_cost(model, images, labels, args)
+
+    @torch.no_grad()
+    def evaluate() -> None:
+        for _ in range(args.eval_batches):
+            model(images)
+
+    eval_time = timed(evaluate, max(1, args.repeats // 2), 0)
+    return {"step_s": step_time, "peak_mb": peak / 2 ** 20, "eval_s": eval_time}
+
+
+SCENARIOS = {"coop": coop_variant, "cocoop": cocoop_variant}
 
 
 def run_variant_in_subprocess(name: str, straightforward: bool, argv: List[str]) -> Dict[str, float]:
@@ -124,12 +156,13 @@ def run_variant_in_subprocess(name: str, straightforward: bool, argv: List[str])
 
 
 def report(name: str, ours: Dict[str, float], plain: Dict[str, float], args) -> None:
-    print(f"{name} (ViT-B/16 random weights, {DEVICE.type}, batch {args.batch}, {args.classes} classes):")
+    batch = args.cocoop_batch if name == "cocoop" else args.batch
+    print(f"{name} (ViT-B/16 random weights, {DEVICE.type}, batch {batch}, {args.classes} classes):")
     print(f"  train step: straightforward {plain['step_s']:.3f} s, ours {ours['step_s']:.3f} s, "
           f"speedup {plain['step_s'] / ours['step_s']:.2f}x")
     print(f"  peak memory: straightforward {plain['peak_mb']:.0f} MiB, ours {ours['peak_mb']:.0f} MiB, "
           f"ratio {plain['peak_mb'] / max(ours['peak_mb'], 1e-9):.2f}x")
-    print(f"  evaluation ({args.eval_batches} batches of {args.batch}): straightforward {plain['eval_s']:.3f} s, "
+    print(f"  evaluation ({args.eval_batches} batches of {batch}): straightforward {plain['eval_s']:.3f} s, "
           f"ours {ours['eval_s']:.3f} s, speedup {plain['eval_s'] / ours['eval_s']:.2f}x")
 
 
@@ -137,6 +170,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=sorted(SCENARIOS), help="run one scenario")
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--cocoop-batch", type=int, default=4, help="images per CoCoOp batch (x classes sequences)")
     parser.add_argument("--classes", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
@@ -151,7 +185,8 @@ def main() -> None:
     if args.variant:
         print(json.dumps(SCENARIOS[args.variant](args, args.straightforward)))
         return
-    argv = [f"--batch={args.batch}", f"--classes={args.classes}", f"--repeats={args.repeats}",
+    argv = [f"--batch={args.batch}", f"--cocoop-batch={args.cocoop_batch}", f"--classes={args.classes}",
+            f"--repeats={args.repeats}",
             f"--warmup={args.warmup}", f"--eval-batches={args.eval_batches}"]
     for name in ([args.only] if args.only else sorted(SCENARIOS)):
         plain = run_variant_in_subprocess(name, True, argv)

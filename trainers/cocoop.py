@@ -6,16 +6,20 @@ images instead of CoCoOp's Python loop over images; ``TEXT_CHUNK 1`` is that loo
 """
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Tuple
 
 import torch
 import torch.nn as nn
 
 from trainers.base import PromptedCLIP, PromptTrainer, normalize
-from trainers.coop import check_input_size
-from trainers.engine.config import CN
+from trainers.coop import check_input_size, ctx_init_phrase
+from trainers.engine.config import CN, register_alternative_type
 from trainers.engine.registry import TRAINER_REGISTRY, config_hook
 from trainers.prompts.conditional import ConditionalContextLearner
+
+
+#: default TRAINER.COCOOP.TEXT_CHUNK: on the CPU, larger chunks get slower (memory-bound element-wise ops)
+DEFAULT_TEXT_CHUNK = 8
 
 
 @config_hook
@@ -26,7 +30,11 @@ def add_cocoop_config(cfg) -> None:
     cfg.TRAINER.COCOOP.PREC = "fp16"
     # Images whose C prompts go through the text encoder in one call (0: the whole batch).
     # Bounds evaluation memory (test batch 100 x C sequences); results do not depend on it.
-    cfg.TRAINER.COCOOP.TEXT_CHUNK = 8
+    cfg.TRAINER.COCOOP.TEXT_CHUNK = DEFAULT_TEXT_CHUNK
+
+
+# KgCoOp's copies of the CoCoOp YAMLs write ``CTX_INIT: True``; read like TRAINER.COOP.CTX_INIT.
+register_alternative_type("TRAINER.COCOOP.CTX_INIT", bool)
 
 
 class ConditionalPromptedCLIP(PromptedCLIP):
@@ -59,7 +67,7 @@ class ConditionalPromptedCLIP(PromptedCLIP):
             chunks.append(features.view(count, n_cls, -1))
         return torch.cat(chunks)
 
-    def encode(self, images: torch.Tensor):
+    def encode(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         image_features = self.image_features(images)
         return image_features, self.conditional_text_features(image_features)
 
@@ -84,8 +92,8 @@ class CoCoOp(PromptTrainer):
     def build_custom_clip(self, clip_model: nn.Module) -> PromptedCLIP:
         opts = self.cfg.TRAINER.COCOOP
         check_input_size(self.cfg, clip_model)
-        learner = ConditionalContextLearner(clip_model, self.dm.dataset.classnames, n_ctx=opts.N_CTX,
-                                            ctx_init=opts.CTX_INIT)
+        learner = ConditionalContextLearner(clip_model, self.classnames, n_ctx=opts.N_CTX,
+                                            ctx_init=ctx_init_phrase(opts.CTX_INIT))
         return ConditionalPromptedCLIP(clip_model, learner, images_per_text_call=opts.TEXT_CHUNK)
 
     def loss_summary(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> Dict[str, float]:

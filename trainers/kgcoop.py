@@ -8,7 +8,7 @@ data set's template (KgCoOp's table) encoded once by the frozen CLIP and never c
 """
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from typing import Dict, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -23,7 +23,7 @@ from trainers.prompts.text import TextContextLearner, clean_classname
 
 KG_DISTANCES = ("cosine", "l2")
 
-#: KgCoOp's templates where they differ from the data set's CoOp template (``dm.dataset.template``).
+#: KgCoOp's templates where they differ from the data set's CoOp template (``Task.template``).
 KGCOOP_TEMPLATE_OVERRIDES = {"DescribableTextures": "a photo of a {}, a type of texture."}
 
 #: entries of original KgCoOp checkpoints that no module here has (never used in its forward)
@@ -58,10 +58,9 @@ def kgcoop_template(dataset_name: str, default: str) -> str:
 
 
 @torch.no_grad()
-def hand_crafted_text_features(clip_model: nn.Module, classnames: Sequence[str], template: str) -> torch.Tensor:
-    """L2-normalised frozen-CLIP text features [C, D] of ``template`` filled with each class name."""
-    prompts = [template.format(clean_classname(name)) for name in classnames]
-    print(f"Prompts: {prompts}")
+def hand_crafted_text_features(clip_model: nn.Module, prompts: Sequence[str]) -> torch.Tensor:
+    """L2-normalised frozen-CLIP text features [C, D] of one hand-crafted prompt per class."""
+    print(f"Prompts: {list(prompts)}")
     device = clip_model.token_embedding.weight.device
     return normalize(clip_model.encode_text(clip.tokenize(prompts).to(device)))
 
@@ -90,13 +89,13 @@ class KnowledgeGuidedCLIP(TextPromptedCLIP):
 class KgCoOp(CoOp):
     """CoOp + W x knowledge-guided distance to frozen CLIP's template text features.
 
-    Differences from the original trainer, none of which changes a fp16/fp32 run's numbers
-    beyond rounding: the anchors come from the frozen CLIP already loaded (KgCoOp loads a
-    second, identical copy; under PREC fp32 they are therefore computed in fp32, not fp16);
-    the unused ``bias_vectors``/``meta_net``/``adapter`` modules are not built (their
-    checkpoint entries are skipped on load), so the torch RNG after the ctx init (and with it
-    the training-data order for a seed) differs; ``CLASS_TOKEN_POSITION`` is honoured
-    (KgCoOp always puts the class at the end); PREC amp works (KgCoOp's amp path crashes).
+    Differences from the original trainer: the anchors come from the frozen CLIP already
+    loaded (KgCoOp loads a second copy of the same weights; same dtype under PREC fp16, fp32
+    instead of fp16 anchors under PREC fp32/amp); its unused ``bias_vectors``/``meta_net``/
+    ``adapter`` are not built (their checkpoint entries are skipped on load), so the torch RNG
+    after the ctx init, and with it the training-data order for a seed, differs from KgCoOp's;
+    ``CLASS_TOKEN_POSITION`` is honoured (KgCoOp always puts the class at the end); PREC amp
+    works (KgCoOp's amp branch crashes on its tuple output).
     """
 
     config_node = "COOP"
@@ -111,12 +110,13 @@ class KgCoOp(CoOp):
     def build_custom_clip(self, clip_model: nn.Module) -> PromptedCLIP:
         opts = self.cfg.TRAINER.COOP
         check_input_size(self.cfg, clip_model)
-        learner = TextContextLearner(clip_model, self.dm.dataset.classnames, n_ctx=opts.N_CTX,
+        learner = TextContextLearner(clip_model, self.classnames, n_ctx=opts.N_CTX,
                                      ctx_init=kgcoop_ctx_init(opts.CTX_INIT, opts.KG_CTX_INIT_VERBATIM),
                                      class_specific=opts.CSC, class_token_position=opts.CLASS_TOKEN_POSITION)
-        template = kgcoop_template(self.dm.tasks[0].name, self.dm.dataset.template)
+        prompts = [kgcoop_template(task.name, task.template).format(clean_classname(name))
+                   for task in self.dm.tasks for name in task.classnames]
         # Encoded on the run's device: fp16 CLIP on the CPU is slow (everything moves there next anyway).
-        anchors = hand_crafted_text_features(clip_model.to(self.device), self.dm.dataset.classnames, template)
+        anchors = hand_crafted_text_features(clip_model.to(self.device), prompts)
         return KnowledgeGuidedCLIP(clip_model, learner, anchors)
 
     def knowledge_guided_loss(self, text_features: torch.Tensor) -> torch.Tensor:
@@ -124,7 +124,7 @@ class KgCoOp(CoOp):
         return knowledge_guided_distance(text_features, self.model.anchor_text_features,
                                          self.cfg.TRAINER.COOP.KG_DISTANCE)
 
-    def compute_loss(self, images: torch.Tensor, labels: torch.Tensor):
+    def compute_loss(self, images: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         image_features, text_features = self.model.encode(images)
         logits = self.model.itm_logits(image_features, text_features)
         loss = F.cross_entropy(logits, labels) + self.cfg.TRAINER.COOP.W * self.knowledge_guided_loss(text_features)

@@ -1,0 +1,18 @@
+#!/bin/bash
+# CoCoOp cross-dataset / domain generalisation, training on ImageNet: bash scripts/cocoop/xd_train.sh SEED
+set -e
+source "$(dirname "$0")/../common.sh"
+TRAINER=${TRAINER:-CoCoOp}
+DATASET=imagenet
+SEED=$1
+CFG=${CFG:-vit_b16_c4_ep10_batch1_ctxv1}
+SHOTS=16
+
+DIR=output/${DATASET}/${TRAINER}/${CFG}_${SHOTS}shots/seed${SEED}
+run_unless_finished "${DIR}" \
+    --root "${DATA}" \
+    --seed "${SEED}" \
+    --trainer ${TRAINER} \
+    --dataset-config-file configs/datasets/${DATASET}.yaml \
+    --config-file configs/trainers/${TRAINER}/${CFG}.yaml \
+    DATASET.NUM_SHOTS ${SHOTS} ${EXTRA_OPTS}
