@@ -90,3 +90,7 @@ def test_kgcoop_boolean_ctx_init_is_accepted():
     cfg = full_cfg()
     merge_from_list(cfg, ["TRAINER.COOP.CTX_INIT", "True"])
     assert cfg.TRAINER.COOP.CTX_INIT is True
+    merge_from_list(cfg, ["TRAINER.COOP.CTX_INIT", "a photo of a"])  # and back to a phrase
+    assert cfg.TRAINER.COOP.CTX_INIT == "a photo of a"
+    with pytest.raises(ConfigError, match="CTX_INIT"):
+        merge_from_list(cfg, ["TRAINER.COOP.CTX_INIT", "4"])

@@ -34,7 +34,7 @@ def add_cocoop_config(cfg) -> None:
 
 
 # KgCoOp's copies of the CoCoOp YAMLs write ``CTX_INIT: True``; read like TRAINER.COOP.CTX_INIT.
-register_alternative_type("TRAINER.COCOOP.CTX_INIT", bool)
+register_alternative_type("TRAINER.COCOOP.CTX_INIT", str, bool)
 
 
 class ConditionalPromptedCLIP(PromptedCLIP):

@@ -23,7 +23,7 @@ def add_coop_config(cfg) -> None:
     cfg.TRAINER.COOP.CLASS_TOKEN_POSITION = "end"
 
 
-register_alternative_type("TRAINER.COOP.CTX_INIT", bool)
+register_alternative_type("TRAINER.COOP.CTX_INIT", str, bool)
 
 
 def ctx_init_phrase(value) -> str:

@@ -141,13 +141,17 @@ def get_cfg_default() -> CN:
     return _C
 
 
-# Keys whose YAMLs in the wild use a second type (e.g. KgCoOp sets TRAINER.COOP.CTX_INIT: True).
-_ALTERNATIVE_TYPES: Dict[str, Tuple[type, ...]] = {}
+# Keys whose YAMLs in the wild use a second type (e.g. KgCoOp sets TRAINER.COOP.CTX_INIT: True):
+# key -> every accepted type, the declared default's type first.
+_ACCEPTED_TYPES: Dict[str, Tuple[type, ...]] = {}
 
 
-def register_alternative_type(full_key: str, *types: type) -> None:
-    """Accept values of ``types`` for ``full_key`` besides the default's own type."""
-    _ALTERNATIVE_TYPES[full_key] = _ALTERNATIVE_TYPES.get(full_key, ()) + types
+def register_alternative_type(full_key: str, default_type: type, *alternatives: type) -> None:
+    """Accept values of ``alternatives`` for ``full_key`` besides its ``default_type``.
+
+    A later value may switch back, e.g. ``CTX_INIT: True`` in a YAML, then ``CTX_INIT ""``.
+    """
+    _ACCEPTED_TYPES[full_key] = (default_type,) + alternatives
 
 
 def all_keys(cfg: CN, prefix: str = "") -> List[str]:
@@ -170,8 +174,8 @@ def _unknown_key_error(cfg: CN, full_key: str, source: str) -> ConfigError:
 
 def _coerce(value: Any, default: Any, full_key: str, source: str) -> Any:
     value = CN._decode_cfg_value(value)
-    alternatives = _ALTERNATIVE_TYPES.get(full_key, ())
-    if alternatives and isinstance(value, alternatives):
+    accepted = _ACCEPTED_TYPES.get(full_key, ())
+    if accepted and isinstance(value, accepted):
         return value
     try:
         return _check_and_coerce_cfg_value_type(value, default, full_key.split(".")[-1], full_key)
