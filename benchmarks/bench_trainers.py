@@ -16,6 +16,7 @@ It uses its own (small) batch, ``--cocoop-batch``: every image brings C prompts.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -34,9 +35,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from clip.model import CLIP  # noqa: E402
 from trainers.cocoop import DEFAULT_TEXT_CHUNK, ConditionalPromptedCLIP  # noqa: E402
 from trainers.coop import TextPromptedCLIP  # noqa: E402
+from trainers.dept import DePTCLIP  # noqa: E402
+from trainers.heads import CATHead, dept_loss  # noqa: E402
+from trainers.kgcoop import hand_crafted_text_features, knowledge_guided_distance  # noqa: E402
+from trainers.maple import MultiModalPromptedCLIP  # noqa: E402
+from trainers.prompts.coupled import MultiModalPromptLearner  # noqa: E402
 from trainers.prompts.conditional import ConditionalContextLearner  # noqa: E402
 from trainers.prompts.text import TextContextLearner  # noqa: E402
 
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -78,20 +85,30 @@ def peak_bytes_since_reset() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def build_coop(args, straightforward: bool) -> TextPromptedCLIP:
+def random_clip(straightforward: bool) -> CLIP:
     torch.manual_seed(0)
     clip_model = vit_b16()
     clip_model.truncate_text = not straightforward
-    learner = TextContextLearner(clip_model, class_names(args.classes), n_ctx=16).to(DEVICE)
-    return TextPromptedCLIP(clip_model, learner)
+    return clip_model
 
 
-def train_step_cost(model, images: torch.Tensor, labels: torch.Tensor, args) -> "tuple[float, float]":
-    """(seconds per SGD step on the prompt learner, peak memory of those steps in bytes)."""
-    optim = torch.optim.SGD(model.prompt_learner.parameters(), lr=0.002, momentum=0.9)
+def batch_of(size: int, classes: int) -> "tuple[torch.Tensor, torch.Tensor]":
+    return (torch.randn(size, 3, 224, 224, device=DEVICE), torch.randint(0, classes, (size,), device=DEVICE))
+
+
+def cross_entropy_loss(model) -> LossFn:
+    return lambda images, labels: F.cross_entropy(model(images), labels)
+
+
+def measure(model, loss_fn: LossFn, batch_size: int, args, straightforward: bool,
+            repeats: int = None, warmup: int = None) -> Dict[str, float]:
+    """Seconds per SGD step on the trainable parameters, peak memory of those steps, and the time of
+    ``eval_batches`` test batches (ours: class text features once per evaluation)."""
+    images, labels = batch_of(batch_size, args.classes)
+    optim = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.002, momentum=0.9)
 
     def step() -> None:
-        loss = F.cross_entropy(model(images), labels)
+        loss = loss_fn(images, labels)
         optim.zero_grad()
         loss.backward()
         optim.step()
@@ -99,53 +116,96 @@ def train_step_cost(model, images: torch.Tensor, labels: torch.Tensor, args) -> 
     if DEVICE.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     base = peak_bytes_since_reset()
-    step_time = timed(step, args.repeats, args.warmup)
-    return step_time, peak_bytes_since_reset() - (0 if DEVICE.type == "cuda" else base)
+    repeats = args.repeats if repeats is None else repeats
+    step_time = timed(step, repeats, args.warmup if warmup is None else warmup)
+    peak = peak_bytes_since_reset() - (0 if DEVICE.type == "cuda" else base)
+
+    @torch.no_grad()
+    def evaluate() -> None:
+        cache = contextlib.nullcontext() if straightforward else model.cached_text_features()
+        with cache:
+            for _ in range(args.eval_batches):
+                model(images)
+
+    eval_time = timed(evaluate, max(1, repeats // 2), 0)
+    return {"step_s": step_time, "peak_mb": peak / 2 ** 20, "eval_s": eval_time, "batch": batch_size}
 
 
 def coop_variant(args, straightforward: bool) -> Dict[str, float]:
-    """One CoOp training-step time and peak memory, and one evaluation time."""
-    model = build_coop(args, straightforward)
-    images = torch.randn(args.batch, 3, 224, 224, device=DEVICE)
-    labels = torch.randint(0, args.classes, (args.batch,), device=DEVICE)
-    step_time, peak = train_step_cost(model, images, labels, args)
-
-    @torch.no_grad()
-    def evaluate() -> None:
-        if straightforward:
-            for _ in range(args.eval_batches):
-                model(images)
-        else:
-            with model.cached_text_features():
-                for _ in range(args.eval_batches):
-                    model(images)
-
-    eval_time = timed(evaluate, max(1, args.repeats // 2), 0)
-    return {"step_s": step_time, "peak_mb": peak / 2 ** 20, "eval_s": eval_time}
+    clip_model = random_clip(straightforward)
+    model = TextPromptedCLIP(clip_model, TextContextLearner(clip_model, class_names(args.classes), n_ctx=16))
+    model.to(DEVICE)
+    return measure(model, cross_entropy_loss(model), args.batch, args, straightforward)
 
 
-def cocoop_variant(args, straightforward: bool) -> Dict[str, float]:
-    """CoCoOp (4 ctx from "a photo of a", as its base-to-new config): step, peak memory, evaluation."""
-    torch.manual_seed(0)
-    clip_model = vit_b16()
-    clip_model.truncate_text = not straightforward
-    learner = ConditionalContextLearner(clip_model, class_names(args.classes), ctx_init="a photo of a").to(DEVICE)
+def kgcoop_variant(args, straightforward: bool) -> Dict[str, float]:
+    """KgCoOp: CoOp's 4 ctx from "a photo of a" + W=8 x distance to template features."""
+    clip_model = random_clip(straightforward)
+    names = class_names(args.classes)
+    model = TextPromptedCLIP(clip_model, TextContextLearner(clip_model, names, ctx_init="a photo of a"))
+    model.to(DEVICE)
+    anchors = hand_crafted_text_features(clip_model, [f"a photo of a {n}." for n in names])
+
+    def loss_fn(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        image_features, text_features = model.encode(images)
+        logits = model.itm_logits(image_features, text_features)
+        return F.cross_entropy(logits, labels) + 8.0 * knowledge_guided_distance(text_features, anchors)
+
+    return measure(model, loss_fn, args.batch, args, straightforward)
+
+
+def maple_variant(args, straightforward: bool) -> Dict[str, float]:
+    """MaPLe: 2 coupled ctx, depth 9 (its base-to-new recipe uses batch 4; same batch as CoOp here)."""
+    clip_model = random_clip(straightforward)
+    learner = MultiModalPromptLearner(clip_model, class_names(args.classes), n_ctx=2, depth=9)
+    model = MultiModalPromptedCLIP(clip_model, learner).to(DEVICE)
+    return measure(model, cross_entropy_loss(model), args.batch, args, straightforward)
+
+
+def dept_coop_variant(args, straightforward: bool) -> Dict[str, float]:
+    """DePT around CoOp: CAT head, loss 0.3 CE(ITM) + 0.7 CE(CAT), fused logits at test."""
+    clip_model = random_clip(straightforward)
+    baseline = TextPromptedCLIP(clip_model, TextContextLearner(clip_model, class_names(args.classes), n_ctx=16))
+    head = CATHead(512, args.classes, clip_model.dtype)
+    model = DePTCLIP(baseline, head, base_route=True, weight=0.7).to(DEVICE)
+
+    def loss_fn(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        image_features, text_features = model.encode(images)
+        itm = model.itm_logits(image_features, text_features)
+        cat_logits, cat_labels = head.training_logits(image_features, text_features, labels, model.itm_logits)
+        return dept_loss(itm, labels, cat_logits, cat_labels, 0.7)
+
+    return measure(model, loss_fn, args.batch, args, straightforward)
+
+
+def cocoop_variant(args, straightforward: bool, batch_size: int) -> Dict[str, float]:
+    """CoCoOp (4 ctx from "a photo of a"): straightforward = the original's per-image loop over
+    full-length sequences; ours = the batch in chunks of images, cut after the last EOT."""
+    clip_model = random_clip(straightforward)
+    learner = ConditionalContextLearner(clip_model, class_names(args.classes), ctx_init="a photo of a")
     chunk = 1 if straightforward else DEFAULT_TEXT_CHUNK
-    model = ConditionalPromptedCLIP(clip_model, learner, images_per_text_call=chunk)
-    images = torch.randn(args.cocoop_batch, 3, 224, 224, device=DEVICE)
-    labels = torch.randint(0, args.classes, (args.cocoop_batch,), device=DEVICE)
-    step_time, peak = train_step_cost(model, images, labels, args)
-
-    @torch.no_grad()
-    def evaluate() -> None:
-        for _ in range(args.eval_batches):
-            model(images)
-
-    eval_time = timed(evaluate, max(1, args.repeats // 2), 0)
-    return {"step_s": step_time, "peak_mb": peak / 2 ** 20, "eval_s": eval_time}
+    model = ConditionalPromptedCLIP(clip_model, learner, images_per_text_call=chunk).to(DEVICE)
+    # CoCoOp steps cost batch x classes text sequences: one timed step keeps the run short.
+    return measure(model, cross_entropy_loss(model), batch_size, args, straightforward, repeats=1, warmup=0)
 
 
-SCENARIOS = {"coop": coop_variant, "cocoop": cocoop_variant}
+def cocoop_loop_vs_batch(args, batched: bool) -> Dict[str, float]:
+    """Per-image loop vs one batched text call, both truncated: what batching alone buys."""
+    clip_model = random_clip(False)
+    learner = ConditionalContextLearner(clip_model, class_names(args.classes), ctx_init="a photo of a")
+    model = ConditionalPromptedCLIP(clip_model, learner, images_per_text_call=0 if batched else 1).to(DEVICE)
+    return measure(model, cross_entropy_loss(model), args.cocoop_batch, args, True, repeats=1, warmup=0)
+
+
+SCENARIOS = {
+    "coop": coop_variant,
+    "kgcoop": kgcoop_variant,
+    "maple": maple_variant,
+    "dept_coop": dept_coop_variant,
+    "cocoop_b1": lambda args, plain: cocoop_variant(args, plain, 1),
+    "cocoop_b4": lambda args, plain: cocoop_variant(args, plain, args.cocoop_batch),
+    "cocoop_loop_vs_batched": lambda args, plain: cocoop_loop_vs_batch(args, batched=not plain),
+}
 
 
 def run_variant_in_subprocess(name: str, straightforward: bool, argv: List[str]) -> Dict[str, float]:
@@ -156,7 +216,13 @@ def run_variant_in_subprocess(name: str, straightforward: bool, argv: List[str])
 
 
 def report(name: str, ours: Dict[str, float], plain: Dict[str, float], args) -> None:
-    batch = args.cocoop_batch if name == "cocoop" else args.batch
+    batch = int(ours["batch"])
+    if name == "cocoop_loop_vs_batched":
+        print(f"{name} (both truncated; batch {batch}, {args.classes} classes): train step loop "
+              f"{plain['step_s']:.3f} s, batched {ours['step_s']:.3f} s, ratio {plain['step_s'] / ours['step_s']:.2f}x; "
+              f"evaluation loop {plain['eval_s']:.3f} s, batched {ours['eval_s']:.3f} s, "
+              f"ratio {plain['eval_s'] / ours['eval_s']:.2f}x")
+        return
     print(f"{name} (ViT-B/16 random weights, {DEVICE.type}, batch {batch}, {args.classes} classes):")
     print(f"  train step: straightforward {plain['step_s']:.3f} s, ours {ours['step_s']:.3f} s, "
           f"speedup {plain['step_s'] / ours['step_s']:.2f}x")
