@@ -3,7 +3,7 @@
 set -e
 source "$(dirname "$0")/../common.sh"
 TRAINER=${TRAINER:-CoCoOp}
-DATASET=imagenet
+DATASET=${DATASET:-imagenet}
 SEED=$1
 CFG=${CFG:-vit_b16_c4_ep10_batch1_ctxv1}
 SHOTS=16
