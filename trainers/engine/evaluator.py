@@ -221,6 +221,6 @@ class Classification:
             writer.writerow(header)
             for i, row in enumerate(self._logits):
                 cells = [self._impaths[i]] + ([self.task_names[int(tasks[i])]] if self.multi_task else [])
-                cells += [int(labels[i]), int(preds[i])] + [f"{v:.6g}" for v in row.tolist()]
+                cells += [int(labels[i]), int(preds[i])] + [f"{v:.9g}" for v in row.tolist()]
                 writer.writerow(cells + [""] * (width - row.numel()))
         print(f"Predictions are saved to {path}")
