@@ -94,7 +94,7 @@ class MaPLe(PromptTrainer):
         opts = self.cfg.TRAINER.MAPLE
         check_input_size(self.cfg, clip_model)
         check_maple_backbone(self.cfg, clip_model)
-        learner = MultiModalPromptLearner(clip_model, self.dm.dataset.classnames, n_ctx=opts.N_CTX,
+        learner = MultiModalPromptLearner(clip_model, self.classnames, n_ctx=opts.N_CTX,
                                           ctx_init=opts.CTX_INIT, depth=opts.PROMPT_DEPTH)
         return MultiModalPromptedCLIP(clip_model, learner)
 
