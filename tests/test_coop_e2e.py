@@ -214,3 +214,30 @@ def test_negative_load_epoch_loads_the_latest_checkpoint(run_train, data_root, t
     code, log = run_train(*coop_args(data_root, flags=["--model-dir", out, "--load-epoch", "-1", "--eval-only"]),
                           output_dir=str(tmp_path / "eval"))
     assert code == 0 and "model.pth.tar-2" in log
+
+
+def test_multi_task_loss_is_cross_entropy_over_each_samples_own_task(data_root, tmp_path):
+    import torch.nn.functional as F
+
+    import train
+    from trainers.engine.logger import close_logger
+    from trainers.engine.registry import build_trainer
+
+    args = train.build_parser().parse_args(coop_args(data_root, "DATASET.NAME", "Synthetic,SyntheticB",
+                                                     flags=["--output-dir", str(tmp_path)]))
+    try:
+        trainer = build_trainer(train.setup_cfg(args))
+    finally:
+        close_logger()
+    first, second = trainer.dm.tasks
+    assert len(trainer.classnames) == first.num_classes + second.num_classes
+    local = torch.tensor([3, 0, 5, 1])
+    tasks = torch.tensor([0, 1, 1, 0])
+    logits = torch.randn(4, len(trainer.classnames))
+    trainer.batch_tasks = tasks
+    labels = trainer.labels_in_all_classes(local, tasks)
+    assert labels.tolist() == [3, second.class_offset, second.class_offset + 5, 1]
+    expected = torch.stack([
+        F.cross_entropy(row[t.class_offset:t.class_offset + t.num_classes][None], y[None])
+        for row, t, y in zip(logits, (trainer.dm.tasks[i] for i in tasks), local)]).mean()
+    assert torch.allclose(trainer.classification_loss(logits, labels), expected)

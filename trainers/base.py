@@ -130,6 +130,8 @@ class PromptTrainer(TrainerX):
 
     config_node = "COOP"
     checkpoint_name = "prompt_learner"
+    #: task ids of the batch being trained on (None outside ``forward_backward``)
+    batch_tasks: Optional[torch.Tensor] = None
     #: checkpoint entries that depend on the class list of the run that wrote them
     class_dependent_keys: Tuple[str, ...] = ("token_prefix", "token_suffix")
 
@@ -190,17 +192,29 @@ class PromptTrainer(TrainerX):
         with torch.autocast(self.device.type, dtype=dtype):
             yield
 
+    def classification_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy over each sample's own task's classes (all classes when there is one task).
+
+        ``logits`` cover the concatenation of all tasks' classes (``self.classnames``) and
+        ``labels`` index it; ``self.batch_tasks`` holds the current batch's task ids.
+        """
+        return F.cross_entropy(self.mask_other_tasks(logits, self.batch_tasks), labels)
+
     def compute_loss(self, images: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Hook: (loss, logits) for one batch; plain cross-entropy by default."""
+        """Hook: (loss, logits) for one batch; cross-entropy by default."""
         logits = self.model(images)
-        return F.cross_entropy(logits, labels), logits
+        return self.classification_loss(logits, labels), logits
 
     def loss_summary(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> Dict[str, float]:
         """Hook: the values logged for a training batch (CoOp: loss and top-1 accuracy)."""
+        logits = self.mask_other_tasks(logits, self.batch_tasks)
         return {"loss": loss.item(), "acc": compute_accuracy(logits, labels)[0].item()}
 
     def forward_backward(self, batch: dict) -> Dict[str, float]:
         images, labels = self.parse_batch_train(batch)
+        tasks = batch.get("task")
+        self.batch_tasks = tasks.to(self.device) if tasks is not None else None
+        labels = self.labels_in_all_classes(labels, self.batch_tasks)
         with self.autocast():
             loss, logits = self.compute_loss(images, labels)
         if self.scaler is not None:

@@ -283,7 +283,7 @@ class DePTTrainer(PromptTrainer):
                                f"one model.encode call; it made {len(calls)}")
         image_features, text_features = calls[0]
         cat_logits, cat_labels = model.head.training_logits(image_features, text_features, labels, model.itm_logits)
-        extra = baseline_loss - F.cross_entropy(itm_logits, labels)
+        extra = baseline_loss - self.classification_loss(itm_logits, labels)
         loss = dept_loss(itm_logits, labels, cat_logits, cat_labels, model.weight) + extra
         return loss, model.deployed_logits(itm_logits, cat_logits[-labels.numel():])
 

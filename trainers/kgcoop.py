@@ -127,7 +127,8 @@ class KgCoOp(CoOp):
     def compute_loss(self, images: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         image_features, text_features = self.model.encode(images)
         logits = self.model.itm_logits(image_features, text_features)
-        loss = F.cross_entropy(logits, labels) + self.cfg.TRAINER.COOP.W * self.knowledge_guided_loss(text_features)
+        loss = self.classification_loss(logits, labels) + \
+            self.cfg.TRAINER.COOP.W * self.knowledge_guided_loss(text_features)
         return loss, logits
 
     def adapt_loaded_state_dict(self, name: str, state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
