@@ -54,7 +54,15 @@ def test_coop_trains_tests_and_eval_only_reproduces_the_accuracy(run_train, data
     assert code == 0
     assert accuracy(eval_log) == acc
     assert 'Loading weights to prompt_learner from' in eval_log
-    ours, again = (read_predictions(os.path.join(d, "predictions.csv")) for d in (out, evaluated))
+    full_length = str(tmp_path / "full_length")
+    code, full_log = run_train(*coop_args(data_root, *recipe, "MODEL.BACKBONE.TRUNCATE_TEXT", "False",
+                                          flags=["--model-dir", out, "--load-epoch", "10", "--eval-only"]),
+                               output_dir=full_length)
+    assert code == 0 and accuracy(full_log) == acc
+    ours, again, full = (read_predictions(os.path.join(d, "predictions.csv")) for d in (out, evaluated, full_length))
+    for a, b in zip(ours[1:], full[1:]):
+        assert torch.allclose(torch.tensor([float(v) for v in a[3:]]), torch.tensor([float(v) for v in b[3:]]),
+                              atol=1e-3)
     assert ours[0][:3] == ["impath", "label", "prediction"]
     assert len(ours) == 1 + 5 * 8  # header + 5 base classes x 8 test images
     for a, b in zip(ours[1:], again[1:]):

@@ -26,7 +26,9 @@ def load_clip_to_cpu(cfg) -> nn.Module:
     name = cfg.MODEL.BACKBONE.NAME
     print(f"Loading CLIP (backbone: {name})")
     state_dict = load_clip_state_dict(cfg.MODEL.BACKBONE.PATH or name)
-    return clip.build_model(state_dict)
+    model = clip.build_model(state_dict)
+    model.truncate_text = cfg.MODEL.BACKBONE.TRUNCATE_TEXT
+    return model
 
 
 def compute_accuracy(output: torch.Tensor, target: torch.Tensor, topk: Sequence[int] = (1,)) -> List[torch.Tensor]:
