@@ -15,3 +15,13 @@ run_unless_finished() {
         "$PYTHON" train.py --output-dir "${dir}" "$@"
     fi
 }
+
+# One job of a method on a data set (train.py's common flags), skipped when finished:
+#   run_job DIR TRAINER DATASET CFG SEED [more train.py flags, then KEY VALUE options]
+run_job() {
+    local dir=$1 trainer=$2 dataset=$3 cfg=$4 seed=$5
+    shift 5
+    run_unless_finished "${dir}" --root "${DATA}" --seed "${seed}" --trainer "${trainer}" \
+        --dataset-config-file "configs/datasets/${dataset}.yaml" \
+        --config-file "configs/trainers/${trainer}/${cfg}.yaml" "$@"
+}

@@ -14,12 +14,7 @@ SUB=new
 COMMON_DIR=${DATASET}/shots_${SHOTS}/${TRAINER}/${CFG}/seed${SEED}
 MODEL_DIR=output/base2new/train_base/${COMMON_DIR}
 DIR=output/base2new/test_${SUB}/${COMMON_DIR}
-run_unless_finished "${DIR}" \
-    --root "${DATA}" \
-    --seed "${SEED}" \
-    --trainer ${TRAINER} \
-    --dataset-config-file configs/datasets/${DATASET}.yaml \
-    --config-file configs/trainers/${TRAINER}/${CFG}.yaml \
+run_job "${DIR}" ${TRAINER} ${DATASET} ${CFG} ${SEED} \
     --model-dir "${MODEL_DIR}" \
     --load-epoch ${LOADEP} \
     --eval-only \

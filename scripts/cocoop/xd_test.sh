@@ -11,12 +11,7 @@ SHOTS=16
 LOADEP=${LOADEP:-10}
 
 DIR=output/evaluation/${TRAINER}/${CFG}_${SHOTS}shots/${DATASET}/seed${SEED}
-run_unless_finished "${DIR}" \
-    --root "${DATA}" \
-    --seed "${SEED}" \
-    --trainer ${TRAINER} \
-    --dataset-config-file configs/datasets/${DATASET}.yaml \
-    --config-file configs/trainers/${TRAINER}/${CFG}.yaml \
+run_job "${DIR}" ${TRAINER} ${DATASET} ${CFG} ${SEED} \
     --model-dir output/imagenet/${TRAINER}/${CFG}_${SHOTS}shots/seed${SEED} \
     --load-epoch ${LOADEP} \
     --eval-only ${EXTRA_OPTS}

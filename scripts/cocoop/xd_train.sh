@@ -9,10 +9,5 @@ CFG=${CFG:-vit_b16_c4_ep10_batch1_ctxv1}
 SHOTS=16
 
 DIR=output/${DATASET}/${TRAINER}/${CFG}_${SHOTS}shots/seed${SEED}
-run_unless_finished "${DIR}" \
-    --root "${DATA}" \
-    --seed "${SEED}" \
-    --trainer ${TRAINER} \
-    --dataset-config-file configs/datasets/${DATASET}.yaml \
-    --config-file configs/trainers/${TRAINER}/${CFG}.yaml \
+run_job "${DIR}" ${TRAINER} ${DATASET} ${CFG} ${SEED} \
     DATASET.NUM_SHOTS ${SHOTS} ${EXTRA_OPTS}

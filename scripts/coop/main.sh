@@ -13,12 +13,7 @@ CSC=$6   # class-specific context (False or True)
 
 for SEED in ${SEEDS}; do
     DIR=output/${DATASET}/${TRAINER}/${CFG}_${SHOTS}shots/nctx${NCTX}_csc${CSC}_ctp${CTP}/seed${SEED}
-    run_unless_finished "${DIR}" \
-        --root "${DATA}" \
-        --seed "${SEED}" \
-        --trainer ${TRAINER} \
-        --dataset-config-file configs/datasets/${DATASET}.yaml \
-        --config-file configs/trainers/${TRAINER}/${CFG}.yaml \
+    run_job "${DIR}" ${TRAINER} ${DATASET} ${CFG} ${SEED} \
         TRAINER.COOP.N_CTX ${NCTX} \
         TRAINER.COOP.CSC ${CSC} \
         TRAINER.COOP.CLASS_TOKEN_POSITION ${CTP} \

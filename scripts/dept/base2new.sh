@@ -21,12 +21,9 @@ OUTPUT=${OUTPUT:-output/base2new}
 for DATASET in ${DATASETS}; do
     for SEED in ${SEEDS}; do
         RUN=${TRAINER}/${DATASET}/shots${SHOTS}/${CFG}/seed${SEED}
-        COMMON=(--root "${DATA}" --seed "${SEED}" --trainer "${TRAINER}"
-                --dataset-config-file "configs/datasets/${DATASET}.yaml"
-                --config-file "configs/trainers/${TRAINER}/${CFG}.yaml")
-        run_unless_finished "${OUTPUT}/train_base/${RUN}" "${COMMON[@]}" \
+        run_job "${OUTPUT}/train_base/${RUN}" "${TRAINER}" "${DATASET}" "${CFG}" "${SEED}" \
             DATASET.NUM_SHOTS "${SHOTS}" DATASET.SUBSAMPLE_CLASSES base ${EXTRA_OPTS}
-        run_unless_finished "${OUTPUT}/test_new/${RUN}" "${COMMON[@]}" \
+        run_job "${OUTPUT}/test_new/${RUN}" "${TRAINER}" "${DATASET}" "${CFG}" "${SEED}" \
             --model-dir "${OUTPUT}/train_base/${RUN}" --load-epoch -1 \
             --eval-only DATASET.NUM_SHOTS "${SHOTS}" DATASET.SUBSAMPLE_CLASSES new ${EXTRA_OPTS}
     done

@@ -19,17 +19,14 @@ OUTPUT=${OUTPUT:-output/xd}
 
 for SEED in ${SEEDS}; do
     SOURCE=${OUTPUT}/${TRAINER}/imagenet/shots${SHOTS}/${CFG}/seed${SEED}
-    run_unless_finished "${SOURCE}" --root "${DATA}" --seed "${SEED}" --trainer "${TRAINER}" \
-        --dataset-config-file configs/datasets/imagenet.yaml --config-file "configs/trainers/${TRAINER}/${CFG}.yaml" \
+    run_job "${SOURCE}" "${TRAINER}" imagenet "${CFG}" "${SEED}" \
         DATASET.NUM_SHOTS "${SHOTS}" DATASET.SUBSAMPLE_CLASSES all ${EXTRA_OPTS}
 done
 for DATASET in ${TARGETS}; do
     for SEED in ${SEEDS}; do
         SOURCE=${OUTPUT}/${TRAINER}/imagenet/shots${SHOTS}/${CFG}/seed${SEED}
-        run_unless_finished "${OUTPUT}/${TRAINER}/${DATASET}/shots${SHOTS}/${CFG}/seed${SEED}" \
-            --root "${DATA}" --seed "${SEED}" --trainer "${TRAINER}" \
-            --dataset-config-file "configs/datasets/${DATASET}.yaml" --config-file "configs/trainers/${TRAINER}/${CFG}.yaml" \
-            --model-dir "${SOURCE}" --load-epoch -1 \
+        run_job "${OUTPUT}/${TRAINER}/${DATASET}/shots${SHOTS}/${CFG}/seed${SEED}" "${TRAINER}" "${DATASET}" "${CFG}" \
+            "${SEED}" --model-dir "${SOURCE}" --load-epoch -1 \
             --eval-only DATASET.SUBSAMPLE_CLASSES all ${EXTRA_OPTS}
     done
 done

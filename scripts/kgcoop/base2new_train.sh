@@ -14,12 +14,7 @@ SHOTS=16
 CSC=False
 
 DIR=output/base2new/train_base/${DATASET}/shots_${SHOTS}_${WEIGHT}/${TRAINER}/${CFG}/seed${SEED}
-run_unless_finished "${DIR}" \
-    --root "${DATA}" \
-    --seed "${SEED}" \
-    --trainer ${TRAINER} \
-    --dataset-config-file configs/datasets/${DATASET}.yaml \
-    --config-file configs/trainers/${TRAINER}/${CFG}.yaml \
+run_job "${DIR}" ${TRAINER} ${DATASET} ${CFG} ${SEED} \
     TRAINER.COOP.N_CTX ${NCTX} \
     TRAINER.COOP.CSC ${CSC} \
     TRAINER.COOP.W ${WEIGHT} \
