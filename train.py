@@ -40,7 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backbone", type=str, default="", help="name of the CNN backbone")
     parser.add_argument("--head", type=str, default="", help="name of the head")
     parser.add_argument("--eval-only", action="store_true", help="evaluation only")
-    parser.add_argument("--model-dir", type=str, default="", help="load the model from this directory for eval-only")
+    parser.add_argument("--model-dir", type=str, default="",
+                        help="load the model from this run's folder: for --eval-only, or as the starting point "
+                             "of training (MVLPT's source prompt)")
     parser.add_argument("--load-epoch", type=int, help="load the weights of this epoch for evaluation")
     parser.add_argument("--no-train", action="store_true", help="do not call trainer.train()")
     parser.add_argument("--list-trainers", action="store_true", help="print the registered trainers and exit")
@@ -168,6 +170,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         trainer.load_model(args.model_dir, epoch=args.load_epoch)
         trainer.test()
     elif not args.no_train:
+        if args.model_dir:
+            print(f"Initialising the learned weights from {args.model_dir} (a resumed run continues from its own)")
+            trainer.load_model(args.model_dir, epoch=args.load_epoch)
         trainer.train()
     results = getattr(trainer, "last_results", None)
     if results is not None:

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from trainers.engine.checkpoint import (BEST_NAME, CheckpointMismatchError, checkpoint_path, find_last_checkpoint,
-                                        load_checkpoint, load_pretrained_weights, load_state_dict_checked,
+                                        load_checkpoint, load_state_dict_checked,
                                         resume_from_checkpoint, save_checkpoint)
 
 
@@ -101,7 +101,7 @@ def test_resume_restores_model_optimizer_scheduler(tmp_path, capsys):
     fresh = PromptLearner()
     fresh_opt = torch.optim.SGD(fresh.parameters(), lr=0.1, momentum=0.9)
     fresh_sched = torch.optim.lr_scheduler.CosineAnnealingLR(fresh_opt, T_max=10)
-    epoch = resume_from_checkpoint(str(tmp_path / "prompt_learner"), fresh, fresh_opt, fresh_sched)
+    epoch = resume_from_checkpoint(str(tmp_path / "prompt_learner"), fresh, fresh_opt, fresh_sched)["epoch"]
     path = tmp_path / "prompt_learner" / "model.pth.tar-3"
     assert epoch == 3
     assert capsys.readouterr().out.splitlines() == [
@@ -119,7 +119,7 @@ def test_resume_without_pointer_takes_highest_epoch(tmp_path, capsys):
         save_checkpoint({"state_dict": model.state_dict(), "epoch": epoch}, str(tmp_path))
     os.remove(tmp_path / "checkpoint")
     assert find_last_checkpoint(str(tmp_path.parent), tmp_path.name) == str(tmp_path / "model.pth.tar-10")
-    assert resume_from_checkpoint(str(tmp_path), PromptLearner()) == 10
+    assert resume_from_checkpoint(str(tmp_path), PromptLearner())["epoch"] == 10
 
 
 def test_resume_is_strict_and_names_mismatches(tmp_path, capsys):
@@ -148,21 +148,6 @@ def test_shape_mismatch_lists_keys_shapes_and_file():
     result = load_state_dict_checked(model, {"prompt_learner.ctx": torch.ones(4, 512)}, strict=False, source="x")
     assert result.missing_keys == ["prompt_learner.token_prefix"]
     assert bool((model.prompt_learner.ctx == 1).all())
-
-
-def test_load_pretrained_weights_keeps_only_fitting_entries(tmp_path, capsys):
-    source = PromptLearner(n_ctx=4, n_cls=5)
-    path = save_checkpoint({"state_dict": source.state_dict(), "epoch": 1}, str(tmp_path))
-    target = PromptLearner(n_ctx=4, n_cls=3)
-    prefix_before = target.token_prefix.clone()
-    load_pretrained_weights(target, path)
-    out = capsys.readouterr().out
-    assert f"Successfully loaded pretrained weights from {path}" in out
-    assert "Layers discarded due to unmatched keys or size: ['token_prefix']" in out
-    torch.testing.assert_close(target.ctx, source.ctx)
-    torch.testing.assert_close(target.token_prefix, prefix_before)
-    with pytest.warns(UserWarning, match="no entry matches"):
-        load_pretrained_weights(PromptLearner(n_ctx=2), path)
 
 
 def test_missing_and_corrupt_files(tmp_path):

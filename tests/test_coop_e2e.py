@@ -230,6 +230,7 @@ def test_multi_task_loss_is_cross_entropy_over_each_samples_own_task(data_root, 
     import train
     from trainers.engine.logger import close_logger
     from trainers.engine.registry import build_trainer
+    from trainers.engine.trainer import Batch
 
     args = train.build_parser().parse_args(coop_args(data_root, "DATASET.NAME", "Synthetic,SyntheticB",
                                                      flags=["--output-dir", str(tmp_path)]))
@@ -242,10 +243,9 @@ def test_multi_task_loss_is_cross_entropy_over_each_samples_own_task(data_root, 
     local = torch.tensor([3, 0, 5, 1])
     tasks = torch.tensor([0, 1, 1, 0])
     logits = torch.randn(4, len(trainer.classnames))
-    trainer.batch_tasks = tasks
     labels = trainer.labels_in_all_classes(local, tasks)
     assert labels.tolist() == [3, second.class_offset, second.class_offset + 5, 1]
     expected = torch.stack([
         F.cross_entropy(row[t.class_offset:t.class_offset + t.num_classes][None], y[None])
         for row, t, y in zip(logits, (trainer.dm.tasks[i] for i in tasks), local)]).mean()
-    assert torch.allclose(trainer.classification_loss(logits, labels), expected)
+    assert torch.allclose(trainer.classification_loss(logits, Batch(torch.zeros(4), labels, tasks)), expected)

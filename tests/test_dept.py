@@ -162,7 +162,7 @@ def randomize_head(head: CATHead) -> None:
 def fixed_features(monkeypatch):
     """Patch a model's ``encode`` to return given features; restores it afterwards."""
     def patch(model, image_features, text_features):
-        monkeypatch.setattr(model, "encode", lambda images: (image_features, text_features), raising=False)
+        monkeypatch.setattr(model, "encode", lambda images, tasks=None: (image_features, text_features), raising=False)
     return patch
 
 
@@ -340,7 +340,7 @@ def test_imagenet_a_keeps_the_classifier_rows_of_its_classes(data_root, tmp_path
         Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "imagenet-adversarial" / "imagenet-a" / wnid / "0.png")
     trainer = make_trainer(cli("CoOp", str(root), dataset="imagenet_a"), str(tmp_path / "out"))
     assert trainer.model.base_route and trainer.model.head.linear_probe_proj.weight.shape[0] == 3
-    state = {k: v.clone() for k, v in trainer.trainable_module().state_dict().items()}
+    state = {k: v.clone() for k, v in trainer._models["PromptLearner"].state_dict().items()}
     state["linear_probe_proj.weight"] = torch.arange(6.0)[:, None].repeat(1, 64)
     state["linear_probe_proj.bias"] = torch.arange(6.0)
     (tmp_path / "ckpt" / "PromptLearner").mkdir(parents=True)

@@ -1,12 +1,14 @@
-"""What every CLIP prompt-tuning trainer shares: loading CLIP, precision, freezing, the step.
+"""What every CLIP prompt-tuning trainer shares: loading CLIP, precision, freezing, the loss.
 
 A method subclasses ``PromptTrainer`` and supplies ``build_custom_clip`` (a ``PromptedCLIP``
-composed of prompt learners and a head); the engine does the rest the way CoOp does.
+composed of prompt learners and a head), optionally ``trainable_modules`` (what learns and is
+saved, one checkpoint folder each) and ``loss_terms`` (named terms; default: the cross-entropy
+``ce`` of the image-text logits within each sample's task). The engine owns the step.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Mapping, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -14,9 +16,9 @@ import torch.nn.functional as F
 
 import clip
 from clip.loading import load_state_dict as load_clip_state_dict
-from trainers.engine.checkpoint import load_pretrained_weights
+from trainers.engine.checkpoint import load_checkpoint
 from trainers.engine.optim import build_lr_scheduler, build_optimizer
-from trainers.engine.trainer import TrainerX
+from trainers.engine.trainer import Batch, StepOutput, TrainerX
 
 PRECISIONS = ("fp16", "fp32", "amp")
 
@@ -29,14 +31,6 @@ def load_clip_to_cpu(cfg) -> nn.Module:
     model = clip.build_model(state_dict)
     model.truncate_text = cfg.MODEL.BACKBONE.TRUNCATE_TEXT
     return model
-
-
-def compute_accuracy(output: torch.Tensor, target: torch.Tensor, topk: Sequence[int] = (1,)) -> List[torch.Tensor]:
-    """Top-k accuracy in percent, one one-element tensor per k (Dassl's helper)."""
-    maxk = max(topk)
-    pred = output.topk(maxk, 1, True, True)[1].t()
-    correct = pred.eq(target.view(1, -1).expand_as(pred))
-    return [correct[:k].reshape(-1).float().sum(0, keepdim=True) * (100.0 / target.size(0)) for k in topk]
 
 
 def cosine_logits(image_features: torch.Tensor, text_features: torch.Tensor,
@@ -52,11 +46,12 @@ def normalize(features: torch.Tensor) -> torch.Tensor:
 class PromptedCLIP(nn.Module):
     """A frozen CLIP plus prompt learners; subclasses say how prompts reach the encoders.
 
-    ``encode`` returns the raw (un-normalised) image features [B, D] and class text
-    features ([C, D], or [B, C, D] when the text depends on the image, as in CoCoOp);
-    ``itm_logits`` is CLIP's cosine head on them. Wrappers such as DePT's CAT head use
-    the same two calls. When the text does not depend on the image, its features are
-    computed once per evaluation via ``cached_text_features``.
+    ``encode(images, tasks)`` returns the raw (un-normalised) image features [B, D] and class
+    text features ([C, D] over all tasks' classes, or [B, C, D] when the text depends on the
+    image, as in CoCoOp); ``tasks`` (each image's task id, or None) lets per-task prompts in.
+    ``itm_logits`` is CLIP's cosine head on them. Wrappers such as DePT's CAT head use the same
+    two calls. When the text does not depend on the image, its features are computed once per
+    evaluation via ``cached_text_features``.
     """
 
     text_depends_on_image = False
@@ -81,15 +76,15 @@ class PromptedCLIP(nn.Module):
             return self.clip.encode_image(images.type(self.dtype), **kwargs)
 
     def class_text_features(self) -> torch.Tensor:
-        """Raw text features of every class [C, D] (image-independent methods)."""
+        """Raw text features of every class of every task [C, D] (image-independent methods)."""
         raise NotImplementedError
 
-    def text_features(self) -> torch.Tensor:
+    def text_features(self, tasks: Optional[torch.Tensor] = None) -> torch.Tensor:
         return self._text_cache if self._text_cache is not None else self.class_text_features()
 
-    def encode(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def encode(self, images: torch.Tensor, tasks: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """(raw image features [B, D], raw class text features [C, D] or [B, C, D])."""
-        return self.image_features(images), self.text_features()
+        return self.image_features(images), self.text_features(tasks)
 
     def itm_logits(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
         """Image-text matching logits: exp(logit_scale) x cosine similarity."""
@@ -111,8 +106,8 @@ class PromptedCLIP(nn.Module):
         finally:
             self._text_cache = None
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.itm_logits(*self.encode(images))
+    def forward(self, images: torch.Tensor, tasks: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.itm_logits(*self.encode(images, tasks))
 
 
 def _flatten(values) -> Iterator:
@@ -124,17 +119,14 @@ def _flatten(values) -> Iterator:
 
 
 class PromptTrainer(TrainerX):
-    """Build CLIP + prompts, freeze CLIP, train the registered module with CE (CoOp's recipe).
+    """Build CLIP + prompts, freeze CLIP, train the declared modules with CE (CoOp's recipe).
 
-    Subclasses set ``config_node`` (the ``TRAINER.<NODE>`` holding ``PREC``), ``checkpoint_name``
-    (the registered module's folder), and implement ``build_custom_clip``.
+    Subclasses set ``config_node`` (the ``TRAINER.<NODE>`` holding ``PREC``) and
+    ``checkpoint_name`` (the prompt learner's folder), and implement ``build_custom_clip``.
     """
 
     config_node = "COOP"
     checkpoint_name = "prompt_learner"
-    #: task ids of the batch being trained on (None outside ``forward_backward``)
-    batch_tasks: Optional[torch.Tensor] = None
-    #: checkpoint entries that depend on the class list of the run that wrote them
     class_dependent_keys: Tuple[str, ...] = ("token_prefix", "token_suffix")
 
     @property
@@ -149,16 +141,22 @@ class PromptTrainer(TrainerX):
     def build_custom_clip(self, clip_model: nn.Module) -> PromptedCLIP:
         raise NotImplementedError
 
-    def trainable_module(self) -> nn.Module:
-        """The module that is optimised and checkpointed (CoOp: the prompt learner)."""
-        return self.model.prompt_learner
+    def trainable_modules(self) -> Dict[str, nn.Module]:
+        """``{checkpoint folder: module}``: exactly these parameters learn, each module is optimised
+        and saved in its own folder (CoOp: the prompt learner in ``prompt_learner/``)."""
+        return {self.checkpoint_name: self.model.prompt_learner}
 
-    def is_trainable(self, parameter_name: str) -> bool:
-        return "prompt_learner" in parameter_name
-
-    def optimizer_param_groups(self) -> Optional[List[dict]]:
-        """Hook: explicit optimizer parameter groups (None: every parameter of ``trainable_module``)."""
+    def optimizer_param_groups(self, name: str, module: nn.Module) -> Optional[List[dict]]:
+        """Hook: explicit parameter groups for ``module``'s optimizer (None: all its parameters)."""
         return None
+
+    def build_optimizers(self, modules: Mapping[str, nn.Module]) -> Dict[str, tuple]:
+        """Hook: ``{folder: (optimizer, scheduler)}``; by default each module its own, from OPTIM."""
+        built = {}
+        for name, module in modules.items():
+            optim = build_optimizer(module, self.cfg.OPTIM, param_groups=self.optimizer_param_groups(name, module))
+            built[name] = (optim, build_lr_scheduler(optim, self.cfg.OPTIM))
+        return built
 
     def build_model(self) -> None:
         cfg = self.cfg
@@ -170,19 +168,31 @@ class PromptTrainer(TrainerX):
                   f"set TRAINER.{self.config_node}.PREC fp32 for CPU runs")
         print("Building custom CLIP")
         self.model = self.build_custom_clip(clip_model)
+        modules = self.trainable_modules()
         print("Turning off gradients in both the image and the text encoder")
-        for name, param in self.model.named_parameters():
-            param.requires_grad_(self.is_trainable(name))
+        learned = {id(p) for module in modules.values() for p in module.parameters()}
+        for param in self.model.parameters():
+            param.requires_grad_(id(param) in learned)
         trainable = sorted(n for n, p in self.model.named_parameters() if p.requires_grad)
         print(f"Parameters to be updated: {set(trainable)}")
-        module = self.trainable_module()
-        if cfg.MODEL.INIT_WEIGHTS:
-            load_pretrained_weights(module, cfg.MODEL.INIT_WEIGHTS)
         self.model.to(self.device)
-        self.optim = build_optimizer(module, cfg.OPTIM, param_groups=self.optimizer_param_groups())
-        self.sched = build_lr_scheduler(self.optim, cfg.OPTIM)
-        self.register_model(self.checkpoint_name, module, self.optim, self.sched)
+        for name, (optim, sched) in self.build_optimizers(modules).items():
+            self.register_model(name, modules[name], optim, sched)
+        names = self.get_model_names()
+        self.optim, self.sched = self._optims[names[0]], self._scheds[names[0]]
+        if cfg.MODEL.INIT_WEIGHTS:
+            self.load_init_weights(cfg.MODEL.INIT_WEIGHTS)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "amp" and self.device.type == "cuda" else None
+
+    def load_init_weights(self, path: str) -> None:
+        """``MODEL.INIT_WEIGHTS``: one checkpoint file for the (only) trainable module, by the loading rule."""
+        names = self.get_model_names()
+        if len(names) != 1:
+            raise ValueError(f"MODEL.INIT_WEIGHTS names one file, but {type(self).__name__} learns {len(names)} "
+                             f"modules ({', '.join(names)}); pass their run folder with --model-dir instead")
+        checkpoint = load_checkpoint(path)
+        self.load_learned_weights(names[0], checkpoint.get("state_dict", checkpoint), path)
+        print(f"Initialised {names[0]} from {path} (MODEL.INIT_WEIGHTS)")
 
     @contextlib.contextmanager
     def autocast(self) -> Iterator[None]:
@@ -194,53 +204,26 @@ class PromptTrainer(TrainerX):
         with torch.autocast(self.device.type, dtype=dtype):
             yield
 
-    def classification_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def classification_loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Cross-entropy over each sample's own task's classes (all classes when there is one task).
 
         ``logits`` cover the concatenation of all tasks' classes (``self.classnames``) and
-        ``labels`` index it; ``self.batch_tasks`` holds the current batch's task ids.
+        ``batch.labels`` index it.
         """
-        return F.cross_entropy(self.mask_other_tasks(logits, self.batch_tasks), labels)
+        return F.cross_entropy(self.mask_other_tasks(logits, batch.tasks), batch.labels)
 
-    def compute_loss(self, images: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Hook: (loss, logits) for one batch; cross-entropy by default."""
-        logits = self.model(images)
-        return self.classification_loss(logits, labels), logits
-
-    def loss_summary(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> Dict[str, float]:
-        """Hook: the values logged for a training batch (CoOp: loss and top-1 accuracy)."""
-        logits = self.mask_other_tasks(logits, self.batch_tasks)
-        return {"loss": loss.item(), "acc": compute_accuracy(logits, labels)[0].item()}
-
-    def forward_backward(self, batch: dict) -> Dict[str, float]:
-        images, labels = self.parse_batch_train(batch)
-        tasks = batch.get("task")
-        self.batch_tasks = tasks.to(self.device) if tasks is not None else None
-        labels = self.labels_in_all_classes(labels, self.batch_tasks)
-        with self.autocast():
-            loss, logits = self.compute_loss(images, labels)
-        if self.scaler is not None:
-            self.optim.zero_grad()
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optim)
-            self.scaler.update()
-        else:
-            self.model_backward_and_update(loss)
-        summary = self.loss_summary(loss, logits, labels)
-        if (self.batch_idx + 1) == self.num_batches:
-            self.update_lr()
-        return summary
-
-    def model_inference(self, images: torch.Tensor) -> torch.Tensor:
-        with self.autocast():
-            return self.model(images)
+    def loss_terms(self, batch: Batch) -> StepOutput:
+        """CoOp's objective: ``ce``, the cross-entropy of the image-text logits."""
+        image_features, text_features = self.model.encode(batch.images, batch.tasks)
+        logits = self.model.itm_logits(image_features, text_features)
+        return StepOutput(losses={"ce": self.classification_loss(logits, batch)}, logits=logits,
+                          image_features=image_features, text_features=text_features)
 
     def begin_evaluation(self) -> None:
+        """Fixed class text features once per evaluation, in the same precision as training."""
         self._evaluation_cache = self.model.cached_text_features()
-        self._evaluation_cache.__enter__()
+        with self.autocast():
+            self._evaluation_cache.__enter__()
 
     def end_evaluation(self) -> None:
         self._evaluation_cache.__exit__(None, None, None)
-
-    def adapt_loaded_state_dict(self, name: str, state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        return {k: v for k, v in state_dict.items() if k.split(".")[-1] not in self.class_dependent_keys}

@@ -6,7 +6,7 @@ images instead of CoCoOp's Python loop over images; ``TEXT_CHUNK 1`` is that loo
 """
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -15,6 +15,7 @@ from trainers.base import PromptedCLIP, PromptTrainer, normalize
 from trainers.coop import check_input_size, ctx_init_phrase
 from trainers.engine.config import CN, register_alternative_type
 from trainers.engine.registry import TRAINER_REGISTRY, config_hook
+from trainers.engine.trainer import Batch, StepOutput
 from trainers.prompts.conditional import ConditionalContextLearner
 
 
@@ -67,7 +68,7 @@ class ConditionalPromptedCLIP(PromptedCLIP):
             chunks.append(features.view(count, n_cls, -1))
         return torch.cat(chunks)
 
-    def encode(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def encode(self, images: torch.Tensor, tasks: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         image_features = self.image_features(images)
         return image_features, self.conditional_text_features(image_features)
 
@@ -96,6 +97,6 @@ class CoCoOp(PromptTrainer):
                                             ctx_init=ctx_init_phrase(opts.CTX_INIT))
         return ConditionalPromptedCLIP(clip_model, learner, images_per_text_call=opts.TEXT_CHUNK)
 
-    def loss_summary(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> Dict[str, float]:
+    def loss_summary(self, output: StepOutput, batch: Batch) -> Dict[str, float]:
         """Only the loss, as CoCoOp logs it (its model returns the loss, not logits, in training)."""
-        return {"loss": loss.item()}
+        return {"loss": output.loss.item()}

@@ -4,11 +4,13 @@
 ``PromptedCLIP`` plus a Channel Adjusted Transfer head (``trainers/heads.py``). Every trainer
 gets it by name, also ones registered later: ``ExtrasLinearProbe<Name>`` (DePT's class names,
 e.g. ``ExtrasLinearProbeCoOp``) or ``DePT<Name>``. DePT only talks to the wrapped model through
-the ``PromptedCLIP`` protocol (``encode``, ``itm_logits``, ``cached_text_features``).
+the ``PromptedCLIP`` protocol (``encode``, ``itm_logits``, ``cached_text_features``) and the
+wrapped trainer through the loss protocol (``loss_terms`` returns named terms and the features).
 
-Training (base model): loss = (1 - w) CE(ITM) + w CE(CAT) + whatever the wrapped method adds to
-its cross-entropy (KgCoOp's knowledge-guided term), i.e. the wrapped trainer's own loss with w of
-its ITM cross-entropy moved to the CAT head. Inference: fused ITM/CAT output on base models, ITM
+Training (base model): the wrapped trainer's loss terms with its ``ce`` (the ITM cross-entropy)
+weighted by (1 - w), plus ``cat`` = w CE(CAT); other terms (KgCoOp's ``kg``) stay as they are.
+In multi-task runs the CAT classifier spans all tasks' classes and each sample's CAT logits are
+restricted to its task, like the ITM logits. Inference: fused ITM/CAT output on base models, ITM
 alone on new ones. The training log's ``acc`` is that of the fused output (DePT logs the loss
 only). Keys are DePT's (``TRAINER.LINEAR_PROBE.*``, ``TRAINER.FILM.*``,
 ``TRAINER.NAMES_TO_UPDATE``, ``OPTIM.LR_EXP``) plus three explicit choices the original hard-codes:
@@ -39,9 +41,8 @@ and listed. ``--load-epoch -1`` (DePT's launcher) loads the latest epoch, as for
 """
 from __future__ import annotations
 
-import contextlib
 import os
-from typing import ContextManager, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import ContextManager, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -51,7 +52,8 @@ from datasets.imagenet import read_classnames, sorted_subfolders
 from trainers.base import PromptedCLIP, PromptTrainer
 from trainers.engine.config import CN
 from trainers.engine.registry import TRAINER_REGISTRY, config_hook
-from trainers.heads import CAT_TYPES, CWT_INITS, FUSION_SPACES, CATHead, dept_loss, fuse
+from trainers.engine.trainer import Batch, StepOutput
+from trainers.heads import CAT_TYPES, CWT_INITS, FUSION_SPACES, CATHead, fuse
 
 ROUTES = ("auto", "base", "new")
 #: registry name prefixes that wrap a trainer: DePT's class names first, then the short form
@@ -89,7 +91,8 @@ class DePTCLIP(nn.Module):
     """A ``PromptedCLIP`` (``baseline``) beside a CAT head (``head``); same protocol, fused output.
 
     Parameter names are the baseline's under ``baseline.`` and the head's under ``head.``; no
-    other parameter is added.
+    other parameter is added. Other attributes are the baseline's (``prompt_learner``, KgCoOp's
+    anchors, ...), so the wrapped trainer's code reads its own model's members unchanged.
     """
 
     def __init__(self, baseline: PromptedCLIP, head: CATHead, base_route: bool, weight: float,
@@ -102,16 +105,14 @@ class DePTCLIP(nn.Module):
         self.test_time_fusion = test_time_fusion
         self.fusion = fusion
 
-    @property
-    def text_depends_on_image(self) -> bool:
-        return self.baseline.text_depends_on_image
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(super().__getattr__("baseline"), name)
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.baseline.dtype
-
-    def encode(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        return self.baseline.encode(images)
+    def encode(self, images: torch.Tensor, tasks: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        return self.baseline.encode(images, tasks)
 
     def itm_logits(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
         return self.baseline.itm_logits(image_features, text_features)
@@ -125,35 +126,13 @@ class DePTCLIP(nn.Module):
             return cat_logits
         return fuse(itm_logits, cat_logits, self.weight, self.fusion)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        image_features, text_features = self.encode(images)
+    def forward(self, images: torch.Tensor, tasks: Optional[torch.Tensor] = None) -> torch.Tensor:
+        image_features, text_features = self.encode(images, tasks)
         itm_logits = self.itm_logits(image_features, text_features)
         if not self.base_route:
             return itm_logits
         cat_logits = self.head.inference_logits(image_features, text_features, self.itm_logits)
         return self.deployed_logits(itm_logits, cat_logits)
-
-
-@contextlib.contextmanager
-def recording_encode(model: PromptedCLIP) -> Iterator[List[Tuple[torch.Tensor, torch.Tensor]]]:
-    """Record every ``model.encode`` result inside the block (the features behind a trainer's loss)."""
-    calls: List[Tuple[torch.Tensor, torch.Tensor]] = []
-    own = vars(model).get("encode")  # an instance-level encode (a patched one) is restored afterwards
-    encode = model.encode
-
-    def recorded(images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        features = encode(images)
-        calls.append(features)
-        return features
-
-    model.encode = recorded
-    try:
-        yield calls
-    finally:
-        if own is None:
-            del model.encode
-        else:
-            model.encode = own
 
 
 def imagenet_variant_rows(dataset, num_rows: int) -> Optional[List[int]]:
@@ -201,9 +180,6 @@ class DePTTrainer(PromptTrainer):
     # ----- model --------------------------------------------------------------------------
     def build_custom_clip(self, clip_model: nn.Module) -> DePTCLIP:
         cfg = self.cfg
-        if len(self.dm.tasks) != 1:
-            raise ValueError(f"DePT trains one data set at a time; DATASET.NAME {cfg.DATASET.NAME!r} has "
-                             f"{len(self.dm.tasks)} tasks")
         baseline = super().build_custom_clip(clip_model)
         lp, film = cfg.TRAINER.LINEAR_PROBE, cfg.TRAINER.FILM
         base = routes_to_base(cfg)
@@ -213,34 +189,29 @@ class DePTTrainer(PromptTrainer):
                        kind=lp.TYPE, use_cwt=film.LINEAR_PROBE, cwt_init=film.INIT)
         return DePTCLIP(baseline, head, base, lp.WEIGHT, lp.TEST_TIME_FUSION, lp.FUSION)
 
-    def is_trainable(self, parameter_name: str) -> bool:
-        """The wrapped trainer's parameters, plus DePT's NAMES_TO_UPDATE substrings of the
-        original whole-model names (which select the CAT head by default)."""
-        scope, _, name = parameter_name.partition(".")
-        if any(part in name for part in self.cfg.TRAINER.NAMES_TO_UPDATE):
-            return True
-        return scope == "baseline" and super().is_trainable(name)
-
-    def trainable_module(self) -> nn.Module:
-        """What is checkpointed: the baseline's children that learn and the CAT modules, under
-        DePT's whole-model names (``prompt_learner.ctx``, ``film_lp_img.scale``, ...)."""
+    def trainable_modules(self) -> Dict[str, nn.Module]:
+        """One folder under DePT's whole-model names (``prompt_learner.ctx``, ``film_lp_img.scale``,
+        ...): the baseline's children that the wrapped trainer trains, plus the CAT modules whose
+        names contain a ``TRAINER.NAMES_TO_UPDATE`` substring (all of them by default)."""
+        learned = {id(p) for module in super().trainable_modules().values() for p in module.parameters()}
         module = nn.Module()
         for name, child in self.model.baseline.named_children():
-            if any(p.requires_grad for p in child.parameters()):
+            if any(id(p) in learned for p in child.parameters()):
                 module.add_module(name, child)
         for name, param in self.model.baseline.named_parameters(recurse=False):
-            if param.requires_grad:
+            if id(param) in learned:
                 module.register_parameter(name, param)
         for name, child in self.model.head.named_children():
-            module.add_module(name, child)
-        return module
+            if any(part in name for part in self.cfg.TRAINER.NAMES_TO_UPDATE):
+                module.add_module(name, child)
+        return {self.checkpoint_name: module}
 
-    def optimizer_param_groups(self) -> List[dict]:
+    def optimizer_param_groups(self, name: str, module: nn.Module) -> List[dict]:
         """Prompts at OPTIM.LR, the CAT head at OPTIM.LR x OPTIM.LR_EXP (one schedule for both)."""
         optim = self.cfg.OPTIM
-        cat = [p for p in self.model.head.parameters() if p.requires_grad]
-        cat_ids = {id(p) for p in cat}
-        prompts = [p for p in self.model.parameters() if p.requires_grad and id(p) not in cat_ids]
+        cat_ids = {id(p) for p in self.model.head.parameters()}
+        cat = [p for p in module.parameters() if id(p) in cat_ids]
+        prompts = [p for p in module.parameters() if id(p) not in cat_ids]
         groups = []
         if prompts:
             groups.append({"params": prompts})
@@ -252,44 +223,29 @@ class DePTTrainer(PromptTrainer):
               f"CAT head {optim.LR * optim.LR_EXP:g} ({len(cat)} tensors)")
         return groups
 
-    # ----- training and inference -----------------------------------------------------------
-    @contextlib.contextmanager
-    def _baseline_as_model(self) -> Iterator[DePTCLIP]:
-        """Let the wrapped trainer's code see its own model as ``self.model``."""
-        wrapped = self.model
-        self.model = wrapped.baseline
-        try:
-            yield wrapped
-        finally:
-            self.model = wrapped
+    # ----- training ---------------------------------------------------------------------------
+    def loss_terms(self, batch: Batch) -> StepOutput:
+        """The wrapped trainer's terms with ``ce`` x (1 - w), plus ``cat`` = w CE(CAT head).
 
-    def compute_loss(self, images: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """The wrapped trainer's loss with w of its ITM cross-entropy moved to the CAT head.
-
-        The wrapped ``compute_loss`` must encode the batch once through ``model.encode`` and
-        return its ITM logits (true for every trainer built on the protocol); what it adds to the
-        cross-entropy of those logits (KgCoOp's term) is kept as is.
+        The CAT rows are [each sample's label text feature; its image feature] with the labels
+        twice (``CATHead.training_logits``), each restricted to the sample's task.
         """
-        if not self.model.base_route:
+        model = self.model
+        if not model.base_route:
             raise RuntimeError(
                 f"DePT trains the CAT classifier on base classes only, but this run routes to the new-class head "
                 f"(TRAINER.LINEAR_PROBE.ROUTE {self.cfg.TRAINER.LINEAR_PROBE.ROUTE}, SUBSAMPLE_CLASSES "
                 f"{self.cfg.DATASET.SUBSAMPLE_CLASSES}, DATASET.NAME {self.cfg.DATASET.NAME}); "
                 "set TRAINER.LINEAR_PROBE.ROUTE base to train it")
-        with self._baseline_as_model() as model, recording_encode(model.baseline) as calls:
-            baseline_loss, itm_logits = super().compute_loss(images, labels)
-        if len(calls) != 1:
-            raise RuntimeError(f"DePT reads the features behind {self.baseline_trainer.__name__}.compute_loss from "
-                               f"one model.encode call; it made {len(calls)}")
-        image_features, text_features = calls[0]
-        cat_logits, cat_labels = model.head.training_logits(image_features, text_features, labels, model.itm_logits)
-        extra = baseline_loss - self.classification_loss(itm_logits, labels)
-        loss = dept_loss(itm_logits, labels, cat_logits, cat_labels, model.weight) + extra
-        return loss, model.deployed_logits(itm_logits, cat_logits[-labels.numel():])
-
-    def model_inference(self, images: torch.Tensor) -> torch.Tensor:
-        """DePT's output (fused on base models), whatever the wrapped trainer's inference returns."""
-        return PromptTrainer.model_inference(self, images)
+        output = super().loss_terms(batch)
+        cat_logits, cat_labels = model.head.training_logits(output.image_features, output.text_features,
+                                                            batch.labels, model.itm_logits)
+        cat_tasks = batch.tasks.repeat(cat_logits.shape[0] // batch.tasks.numel())
+        output.losses["ce"] = (1 - model.weight) * output.losses["ce"]
+        output.losses["cat"] = model.weight * F.cross_entropy(self.mask_other_tasks(cat_logits, cat_tasks),
+                                                              cat_labels)
+        output.logits = model.deployed_logits(output.logits, cat_logits[-batch.labels.numel():])
+        return output
 
     # ----- checkpoints ----------------------------------------------------------------------
     def adapt_loaded_state_dict(self, name: str, state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:

@@ -1,4 +1,4 @@
-"""DePT's Channel Adjusted Transfer (CAT) head and the two formulas around it: loss and fusion.
+"""DePT's Channel Adjusted Transfer (CAT) head and its test-time fusion with the ITM logits.
 
 The CAT head sits beside CLIP's image-text matching (ITM) head and reads the same raw,
 un-normalised encoder outputs: a channel-wise transform (cwT) per modality, then a linear
@@ -11,7 +11,6 @@ from typing import Callable, Optional, Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 CAT_TYPES = ("linear", "similarity")
 CWT_INITS = ("identity", "random")
@@ -104,12 +103,6 @@ class CATHead(nn.Module):
         if self.kind == "similarity":
             return itm(self.transform_image(image_features), self.transform_text(text_features))
         return self.linear_probe_proj(self.transform_image(image_features))
-
-
-def dept_loss(itm_logits: torch.Tensor, labels: torch.Tensor, cat_logits: torch.Tensor, cat_labels: torch.Tensor,
-              weight: float) -> torch.Tensor:
-    """DePT's objective: (1 - w) CE(ITM) + w CE(CAT), each a batch mean (paper Eq. 7)."""
-    return (1 - weight) * F.cross_entropy(itm_logits, labels) + weight * F.cross_entropy(cat_logits, cat_labels)
 
 
 def fuse(itm_logits: torch.Tensor, cat_logits: torch.Tensor, weight: float, space: str = "logits") -> torch.Tensor:

@@ -8,7 +8,7 @@ data set's template (KgCoOp's table) encoded once by the frozen CLIP and never c
 """
 from __future__ import annotations
 
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Sequence
 
 import torch
 import torch.nn as nn
@@ -19,6 +19,7 @@ from datasets import DATASET_REGISTRY
 from trainers.base import PromptedCLIP, normalize
 from trainers.coop import DEFAULT_CTX_INIT_PHRASE, CoOp, TextPromptedCLIP, check_input_size
 from trainers.engine.registry import TRAINER_REGISTRY, config_hook
+from trainers.engine.trainer import Batch, StepOutput
 from trainers.prompts.text import TextContextLearner, clean_classname
 
 KG_DISTANCES = ("cosine", "l2")
@@ -77,6 +78,20 @@ def knowledge_guided_distance(text_features: torch.Tensor, anchors: torch.Tensor
     raise ValueError(f"distance must be one of {KG_DISTANCES}, got {distance!r}")
 
 
+def draw_original_unused_inits(clip_model: nn.Module) -> None:
+    """Draw (and discard) the random numbers KgCoOp's construction draws after the context init.
+
+    The original builds modules it never uses (``bias_vectors``, a second CLIP for the anchors,
+    ``meta_net``, ``adapter``); skipping their initialisation would shift the torch RNG and with it
+    the data order of a seed. Drawing the same numbers gives the original's losses for a seed.
+    """
+    with torch.no_grad():
+        torch.empty(1, 512, dtype=clip_model.dtype).normal_(std=0.02)  # bias_vectors
+        clip.build_model(clip_model.state_dict())  # the anchors' second CLIP: its construction draws
+        nn.Linear(512, 512)  # meta_net
+        nn.Linear(512, 128, bias=False), nn.Linear(128, 512, bias=False)  # adapter
+
+
 class KnowledgeGuidedCLIP(TextPromptedCLIP):
     """CoOp's CLIP plus the hand-crafted class text features as a non-persistent buffer."""
 
@@ -92,8 +107,8 @@ class KgCoOp(CoOp):
     Differences from the original trainer: the anchors come from the frozen CLIP already
     loaded (KgCoOp loads a second copy of the same weights; same dtype under PREC fp16, fp32
     instead of fp16 anchors under PREC fp32/amp); its unused ``bias_vectors``/``meta_net``/
-    ``adapter`` are not built (their checkpoint entries are skipped on load), so the torch RNG
-    after the ctx init, and with it the training-data order for a seed, differs from KgCoOp's;
+    ``adapter`` are not built (their checkpoint entries are skipped on load), but their random
+    initialisation is drawn and discarded, so a seed gives KgCoOp's data order and losses;
     ``CLASS_TOKEN_POSITION`` is honoured (KgCoOp always puts the class at the end); PREC amp
     works (KgCoOp's amp branch crashes on its tuple output).
     """
@@ -113,6 +128,7 @@ class KgCoOp(CoOp):
         learner = TextContextLearner(clip_model, self.classnames, n_ctx=opts.N_CTX,
                                      ctx_init=kgcoop_ctx_init(opts.CTX_INIT, opts.KG_CTX_INIT_VERBATIM),
                                      class_specific=opts.CSC, class_token_position=opts.CLASS_TOKEN_POSITION)
+        draw_original_unused_inits(clip_model)
         prompts = [kgcoop_template(task.name, task.template).format(clean_classname(name))
                    for task in self.dm.tasks for name in task.classnames]
         # Encoded on the run's device: fp16 CLIP on the CPU is slow (everything moves there next anyway).
@@ -124,12 +140,11 @@ class KgCoOp(CoOp):
         return knowledge_guided_distance(text_features, self.model.anchor_text_features,
                                          self.cfg.TRAINER.COOP.KG_DISTANCE)
 
-    def compute_loss(self, images: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        image_features, text_features = self.model.encode(images)
-        logits = self.model.itm_logits(image_features, text_features)
-        loss = self.classification_loss(logits, labels) + \
-            self.cfg.TRAINER.COOP.W * self.knowledge_guided_loss(text_features)
-        return loss, logits
+    def loss_terms(self, batch: Batch) -> StepOutput:
+        """CoOp's ``ce`` plus ``kg``: W x the knowledge-guided distance of the class text features."""
+        output = super().loss_terms(batch)
+        output.losses["kg"] = self.cfg.TRAINER.COOP.W * self.knowledge_guided_loss(output.text_features)
+        return output
 
     def adapt_loaded_state_dict(self, name: str, state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         state_dict = super().adapt_loaded_state_dict(name, state_dict)

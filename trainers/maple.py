@@ -16,7 +16,7 @@ the original, each kept small:
 """
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict
 
 import torch
 import torch.nn as nn
@@ -98,37 +98,28 @@ class MaPLe(PromptTrainer):
                                           ctx_init=opts.CTX_INIT, depth=opts.PROMPT_DEPTH)
         return MultiModalPromptedCLIP(clip_model, learner)
 
-    def trainable_module(self) -> nn.Module:
+    def trainable_modules(self) -> Dict[str, nn.Module]:
         """The prompt learner under the name ``prompt_learner``, so that checkpoint keys are the
         original's whole-model keys of the learned tensors (the frozen CLIP is not saved)."""
-        return nn.ModuleDict({"prompt_learner": self.model.prompt_learner})
+        return {self.checkpoint_name: nn.ModuleDict({"prompt_learner": self.model.prompt_learner})}
+
+    def learned_settings(self) -> str:
+        opts = self.cfg.TRAINER.MAPLE
+        return f"this run has TRAINER.MAPLE.N_CTX {opts.N_CTX}, PROMPT_DEPTH {opts.PROMPT_DEPTH}"
 
     def adapt_loaded_state_dict(self, name: str, state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        """Drop the class-dependent token buffers and an original file's frozen CLIP; require
-        every learned tensor, so that a checkpoint of another depth or context length fails."""
-        state_dict = super().adapt_loaded_state_dict(name, state_dict)
+        """Drop an original file's frozen CLIP; refuse prompts this model does not have (a deeper
+        file loaded into a shallower model would otherwise lose its deep prompts silently)."""
         frozen = [k for k in state_dict if k.startswith(ORIGINAL_FROZEN_PREFIXES)]
         if frozen:
             print(f"Skipping {len(frozen)} frozen CLIP entries of the checkpoint (image_encoder.*, text_encoder.*, "
                   "logit_scale): the CLIP weights come from MODEL.BACKBONE")
         kept = {k: v for k, v in state_dict.items() if not k.startswith(ORIGINAL_FROZEN_PREFIXES)}
-        learned = [k for k in self._models[name].state_dict()
-                   if k.split(".")[-1] not in self.class_dependent_keys]
-        missing = [k for k in learned if k not in kept]
-        foreign = [k for k in kept if k not in learned]
-        if missing or any(k.startswith("prompt_learner.") for k in foreign):
-            raise CheckpointMismatchError(
-                f"The {name} checkpoint does not hold the prompts this model learns "
-                f"(TRAINER.MAPLE.N_CTX {self.cfg.TRAINER.MAPLE.N_CTX}, "
-                f"PROMPT_DEPTH {self.cfg.TRAINER.MAPLE.PROMPT_DEPTH}): missing {_listed(missing)}; "
-                f"not in the model {_listed(foreign)}. Use the settings of the run that wrote it")
+        own = self._models[name].state_dict()
+        foreign = [k for k in kept if k.startswith("prompt_learner.") and k not in own]
         if foreign:
-            print(f"Ignoring checkpoint entries that MaPLe does not use: {_listed(foreign)}")
+            raise CheckpointMismatchError(
+                f"The {name} checkpoint holds prompts this model does not learn ({self.learned_settings()}): "
+                f"{', '.join(foreign[:6])}{' ...' if len(foreign) > 6 else ''}. Use the settings of the run that "
+                "wrote it")
         return kept
-
-
-def _listed(keys: List[str], limit: int = 6) -> str:
-    if not keys:
-        return "none"
-    more = f" ... (+{len(keys) - limit} more)" if len(keys) > limit else ""
-    return ", ".join(keys[:limit]) + more

@@ -21,7 +21,6 @@ import pickle
 import random
 import re
 import types
-import warnings
 from typing import Any, Callable, Dict, List, Mapping, Optional, Set
 
 import numpy as np
@@ -31,7 +30,7 @@ import torch.nn as nn
 from datasets.io import atomic_save, atomic_write_text
 
 __all__ = ["BEST_NAME", "POINTER_NAME", "CheckpointMismatchError", "save_checkpoint", "load_checkpoint",
-           "resume_from_checkpoint", "load_pretrained_weights", "load_state_dict_checked",
+           "resume_from_checkpoint", "load_state_dict_checked",
            "checkpoint_path", "find_last_checkpoint"]
 
 BEST_NAME = "model-best.pth.tar"
@@ -392,8 +391,9 @@ def load_state_dict_checked(module: nn.Module, state_dict: Mapping[str, Any], st
     return module.load_state_dict(state_dict, strict=strict)
 
 
-def resume_from_checkpoint(fdir: str, model: nn.Module, optimizer: Any = None, scheduler: Any = None) -> int:
-    """Restore model (strictly), optimizer and scheduler from the latest file in ``fdir``; returns its epoch."""
+def resume_from_checkpoint(fdir: str, model: nn.Module, optimizer: Any = None, scheduler: Any = None) -> Dict[str, Any]:
+    """Restore model (strictly), optimizer, scheduler and RNGs from the latest file in ``fdir``;
+    returns the checkpoint (``["epoch"]`` is the epoch to continue from)."""
     path = _latest_in_folder(fdir)
     if path is None:
         raise FileNotFoundError(f'No checkpoint to resume from in "{fdir}" (expected a "{POINTER_NAME}" file '
@@ -412,9 +412,8 @@ def resume_from_checkpoint(fdir: str, model: nn.Module, optimizer: Any = None, s
     if checkpoint.get("rng_state") is not None:
         restore_rng_state(checkpoint["rng_state"])
         print("Restored the random number generators")
-    start_epoch = checkpoint["epoch"]
-    print(f"Previous epoch: {start_epoch}")
-    return start_epoch
+    print(f"Previous epoch: {checkpoint['epoch']}")
+    return checkpoint
 
 
 def capture_rng_state() -> Dict[str, Any]:
@@ -443,25 +442,3 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
     torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-
-
-def load_pretrained_weights(model: nn.Module, path: str) -> None:
-    """Copy every entry of a checkpoint whose name and shape fit ``model`` (``MODEL.INIT_WEIGHTS``)."""
-    checkpoint = load_checkpoint(path)
-    state_dict = checkpoint.get("state_dict", checkpoint)
-    own = model.state_dict()
-    matched, discarded = collections.OrderedDict(), []
-    for key, value in state_dict.items():
-        key = key[len("module."):] if key.startswith("module.") else key
-        if key in own and isinstance(value, torch.Tensor) and own[key].shape == value.shape:
-            matched[key] = value
-        else:
-            discarded.append(key)
-    if not matched:
-        warnings.warn(f'Cannot load "{path}": no entry matches the model by name and shape (check the key names)')
-        return
-    own.update(matched)
-    model.load_state_dict(own)
-    print(f"Successfully loaded pretrained weights from {path}")
-    if discarded:
-        print(f"Layers discarded due to unmatched keys or size: {discarded}")

@@ -1,37 +1,89 @@
 """The training loop with Dassl's lifecycle, hooks, log lines and checkpoint layout.
 
-Forks subclass ``TrainerX`` and override ``build_model``, ``forward_backward`` and
-``model_inference`` exactly as they do with Dassl; the differences are fixes listed in
-README (no automatic DataParallel, safe checkpoint loading, resumable schedules).
+A method subclasses ``TrainerX``, builds and registers its model in ``build_model`` and
+returns its named loss terms from ``loss_terms(batch)``; the engine owns the step:
+
+    loss terms -> sum -> backward -> after_backward() -> every registered optimizer steps
+    (through the GradScaler under amp) -> after_step() -> the schedulers at the epoch's end
+
+so nothing a method needs requires overriding the whole step. Method state that must survive a
+resume (masks, score accumulators, counters) goes through ``state_dict``/``load_state_dict``
+into every checkpoint, beside the best validation result and the GradScaler.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import time
 from collections import OrderedDict
-from typing import Dict, Iterable, List, Optional
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
 import torch
 import torch.nn as nn
 from tqdm import tqdm
 
 from datasets.manager import DataManager
-from trainers.engine.checkpoint import (capture_rng_state, checkpoint_path, latest_checkpoint, load_checkpoint,
-                                        load_state_dict_checked, resume_from_checkpoint, save_checkpoint)
+from trainers.engine.checkpoint import (BEST_NAME, CheckpointMismatchError, capture_rng_state, checkpoint_path,
+                                        latest_checkpoint, load_checkpoint, load_state_dict_checked,
+                                        resume_from_checkpoint, save_checkpoint)
 from trainers.engine.evaluator import Classification
 from trainers.engine.logger import make_writer, write_scalar
 from trainers.engine.meters import AverageMeter, MetricMeter
 
 
+def compute_accuracy(output: torch.Tensor, target: torch.Tensor, topk: Sequence[int] = (1,)) -> List[torch.Tensor]:
+    """Top-k accuracy in percent, one one-element tensor per k (Dassl's helper)."""
+    maxk = max(topk)
+    pred = output.topk(maxk, 1, True, True)[1].t()
+    correct = pred.eq(target.view(1, -1).expand_as(pred))
+    return [correct[:k].reshape(-1).float().sum(0, keepdim=True) * (100.0 / target.size(0)) for k in topk]
+
+
+@dataclass
+class Batch:
+    """One training batch as a method's loss sees it.
+
+    ``labels`` index the concatenation of all tasks' classes (the task-local label plus the
+    task's class offset; unchanged in a single-task run); ``tasks`` holds each sample's task.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    tasks: torch.Tensor
+
+
+@dataclass
+class StepOutput:
+    """What ``loss_terms`` returns: named loss terms, each already weighted (the engine sums
+    them, logs each, and plug-ins reweight or add terms by name), the logits the training
+    accuracy is read from, and the raw features behind them (for heads that wrap a method)."""
+
+    losses: "OrderedDict[str, torch.Tensor]"
+    logits: torch.Tensor
+    image_features: Optional[torch.Tensor] = None
+    text_features: Optional[torch.Tensor] = None
+    extras: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def loss(self) -> torch.Tensor:
+        return sum(self.losses.values())
+
+
 class TrainerX:
     """Dassl's TrainerBase + SimpleTrainer + TrainerX in one class (labelled data only)."""
+
+    #: checkpoint entries that depend on the class list of the run that wrote them (never loaded)
+    class_dependent_keys: tuple = ()
 
     def __init__(self, cfg) -> None:
         self._models: "OrderedDict[str, nn.Module]" = OrderedDict()
         self._optims: "OrderedDict[str, Optional[torch.optim.Optimizer]]" = OrderedDict()
         self._scheds: "OrderedDict[str, object]" = OrderedDict()
         self._writer = None
+        self.scaler: Optional[torch.amp.GradScaler] = None
+        self.last_loss_terms: Dict[str, float] = {}
         self.check_cfg(cfg)
         self.cfg = cfg
         use_cuda = torch.cuda.is_available() and cfg.USE_CUDA
@@ -110,11 +162,33 @@ class TrainerX:
             if self._optims[name] is not None:
                 self._optims[name].zero_grad()
 
+    def _distinct_optimizers(self, names=None) -> List[torch.optim.Optimizer]:
+        """Each registered optimizer once (a method may register one optimizer under several names)."""
+        seen: Dict[int, torch.optim.Optimizer] = {}
+        for name in self.get_model_names(names):
+            optim = self._optims[name]
+            if optim is not None:
+                seen.setdefault(id(optim), optim)
+        return list(seen.values())
+
     def model_backward(self, loss: torch.Tensor) -> None:
-        self.detect_anomaly(loss)
-        loss.backward()
+        """Backward; under amp through the GradScaler, then unscaled so hooks see true gradients."""
+        if self.scaler is None:
+            self.detect_anomaly(loss)
+            loss.backward()
+            return
+        self.scaler.scale(loss).backward()
+        for optim in self._distinct_optimizers():
+            self.scaler.unscale_(optim)
 
     def model_update(self, names=None) -> None:
+        """Step every registered optimizer, once per registered name (Dassl's loop, so an optimizer
+        registered under k names takes k steps); under amp each optimizer steps once via the scaler."""
+        if self.scaler is not None:
+            for optim in self._distinct_optimizers(names):
+                self.scaler.step(optim)
+            self.scaler.update()
+            return
         for name in self.get_model_names(names):
             if self._optims[name] is not None:
                 self._optims[name].step()
@@ -122,12 +196,27 @@ class TrainerX:
     def model_backward_and_update(self, loss: torch.Tensor, names=None) -> None:
         self.model_zero_grad(names)
         self.model_backward(loss)
+        self.after_backward()
         self.model_update(names)
+        self.after_step()
 
     # ----- checkpoints ------------------------------------------------------------------
+    def state_dict(self) -> Dict[str, Any]:
+        """Hook: method state outside the registered modules that a resumed run needs (plain values)."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Hook: restore what ``state_dict`` returned."""
+
+    def trainer_state(self) -> Dict[str, Any]:
+        return {"best_result": self.best_result,
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                "method": self.state_dict()}
+
     def save_model(self, epoch: int, directory: str, is_best: bool = False,
                    val_result: Optional[float] = None, model_name: str = "") -> None:
         rng_state = capture_rng_state()
+        trainer_state = self.trainer_state()
         for name in self.get_model_names():
             optim, sched = self._optims[name], self._scheds[name]
             save_checkpoint({
@@ -137,6 +226,7 @@ class TrainerX:
                 "scheduler": sched.state_dict() if sched is not None else None,
                 "val_result": val_result,
                 "rng_state": rng_state,
+                "trainer_state": trainer_state,
             }, os.path.join(directory, name), is_best=is_best, model_name=model_name)
 
     def resume_model_if_exist(self, directory: str) -> int:
@@ -145,17 +235,34 @@ class TrainerX:
             print("No checkpoint found, train from scratch")
             return 0
         print(f"Found checkpoint at {directory} (will resume training)")
-        start_epoch = 0
+        checkpoint: Dict[str, Any] = {}
         for name in names:
-            start_epoch = resume_from_checkpoint(os.path.join(directory, name), self._models[name],
-                                                 self._optims[name], self._scheds[name])
-        return start_epoch
+            checkpoint = resume_from_checkpoint(os.path.join(directory, name), self._models[name],
+                                                self._optims[name], self._scheds[name])
+        self.restore_trainer_state(checkpoint.get("trainer_state"), directory)
+        return checkpoint["epoch"]
+
+    def restore_trainer_state(self, state: Optional[Mapping[str, Any]], directory: str) -> None:
+        """Best result, GradScaler and method state of a resumed run. Files written before these
+        were saved give the best result from ``model-best.pth.tar``'s ``val_result``."""
+        if state is None:
+            best = os.path.join(directory, self.get_model_names()[0], BEST_NAME)
+            if os.path.isfile(best):
+                value = load_checkpoint(best).get("val_result")
+                self.best_result = value if value is not None else self.best_result
+            return
+        self.best_result = state["best_result"]
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.load_state_dict(state.get("method") or {})
+        print(f"Restored the trainer state (best result so far: {self.best_result})")
 
     def load_model(self, directory: str, epoch: Optional[int] = None) -> None:
-        """Load weights for evaluation (CoOp's tolerant version: class-dependent buffers dropped).
+        """Load learned weights from a run's output folder (``--model-dir``), for evaluation or as
+        the starting point of a training run (MVLPT's source -> target initialisation).
 
         ``epoch`` None loads ``model-best.pth.tar``; a negative epoch (DePT's ``--load-epoch -1``)
-        the latest ``model.pth.tar-<N>``.
+        the latest ``model.pth.tar-<N>``. Every folder is loaded by ``load_learned_weights``.
         """
         if not directory:
             print("Note that load_model() is skipped as no pretrained model is given")
@@ -166,12 +273,43 @@ class TrainerX:
             if not os.path.exists(path):
                 raise FileNotFoundError(f'Model not found at "{path}"')
             checkpoint = load_checkpoint(path)
-            state_dict = self.adapt_loaded_state_dict(name, checkpoint["state_dict"])
             print(f'Loading weights to {name} from "{path}" (epoch = {checkpoint.get("epoch")})')
-            load_state_dict_checked(self._models[name], state_dict, strict=False, source=path)
+            self.load_learned_weights(name, checkpoint["state_dict"], path)
+
+    def load_learned_weights(self, name: str, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
+        """The one loading rule (``--model-dir`` with or without ``--eval-only``, ``MODEL.INIT_WEIGHTS``).
+
+        The method's ``adapt_loaded_state_dict`` first renames or drops entries it knows; then
+        class-dependent buffers are dropped (the current class names rebuild them), every other
+        entry of the module must be in the file (else an error names the missing keys and the
+        file), shapes must match (else an error names key, both shapes and the file), and entries
+        the module does not have are listed and skipped.
+        """
+        module = self._models[name]
+        state_dict = self.adapt_loaded_state_dict(name, dict(state_dict))
+        state_dict = {k: v for k, v in state_dict.items() if not self.is_class_dependent(k)}
+        own = module.state_dict()
+        missing = [k for k in own if k not in state_dict and not self.is_class_dependent(k)]
+        if missing:
+            raise CheckpointMismatchError(
+                f'Checkpoint "{source}" lacks tensors that {type(self).__name__} learns in {name}: '
+                f"{_listed(missing)}; it was written by a run with other settings "
+                f"({self.learned_settings() or 'see its config'}); use that run's settings")
+        extra = [k for k in state_dict if k not in own]
+        if extra:
+            print(f"Skipping checkpoint entries this model does not have: {_listed(extra)}")
+        load_state_dict_checked(module, {k: v for k, v in state_dict.items() if k in own}, strict=False,
+                                source=source)
+
+    def is_class_dependent(self, key: str) -> bool:
+        return key.split(".")[-1] in self.class_dependent_keys
+
+    def learned_settings(self) -> str:
+        """Hook: the config keys that shape the learned tensors, quoted in loading errors."""
+        return ""
 
     def adapt_loaded_state_dict(self, name: str, state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        """Hook: drop or rename entries of a checkpoint before ``load_model`` applies it."""
+        """Hook: rename or drop entries of a checkpoint before the loading rule applies it."""
         return state_dict
 
     # ----- the loop ---------------------------------------------------------------------
@@ -184,10 +322,18 @@ class TrainerX:
         self.after_train()
 
     def before_train(self) -> None:
+        self.check_model_selection()
         directory = self.cfg.RESUME or self.output_dir
         self.start_epoch = self.resume_model_if_exist(directory)
         self._writer = make_writer(os.path.join(self.output_dir, "tensorboard"))
         self.time_start = time.time()
+
+    def check_model_selection(self) -> None:
+        """``TEST.FINAL_MODEL best_val`` selects on the validation split: there must be one."""
+        if self.cfg.TEST.FINAL_MODEL == "best_val" and not self.cfg.TEST.NO_TEST and self.val_loader is None:
+            raise ValueError(f"TEST.FINAL_MODEL best_val selects the model on the validation set, but "
+                             f"{self.cfg.DATASET.NAME} has none in this run (DATASET.NUM_SHOTS "
+                             f"{self.cfg.DATASET.NUM_SHOTS}); set TEST.FINAL_MODEL last_step")
 
     def before_epoch(self) -> None:
         """Hook."""
@@ -220,6 +366,9 @@ class TrainerX:
             step = self.epoch * self.num_batches + self.batch_idx
             for name, meter in losses.meters.items():
                 write_scalar(self._writer, "train/" + name, meter.avg, step)
+            if len(self.last_loss_terms) > 1:
+                for name, value in self.last_loss_terms.items():
+                    write_scalar(self._writer, "train/loss_" + name, value, step)
             write_scalar(self._writer, "train/lr", self.get_current_lr(), step)
             end = time.time()
 
@@ -253,18 +402,60 @@ class TrainerX:
             self._writer.close()
 
     # ----- training step ------------------------------------------------------------------
-    def parse_batch_train(self, batch: dict):
-        return batch["img"].to(self.device), batch["label"].to(self.device)
+    def parse_batch_train(self, batch: dict) -> Batch:
+        """Images, labels over all tasks' classes and task ids, on the device."""
+        labels = batch["label"].to(self.device)
+        tasks = batch.get("task")
+        tasks = tasks.to(self.device) if tasks is not None else torch.zeros_like(labels)
+        return Batch(batch["img"].to(self.device), self.labels_in_all_classes(labels, tasks), tasks)
+
+    def autocast(self) -> "contextlib.AbstractContextManager[None]":
+        """Hook: the precision context of the forward passes (training and evaluation)."""
+        return contextlib.nullcontext()
+
+    def loss_terms(self, batch: Batch) -> StepOutput:
+        """Hook: the method's named loss terms for one batch."""
+        raise NotImplementedError("A trainer must return its loss terms from loss_terms(batch)")
+
+    def after_backward(self) -> None:
+        """Hook: gradients are final (and unscaled), the optimizers have not stepped yet."""
+
+    def after_step(self) -> None:
+        """Hook: the optimizers have stepped."""
+
+    def loss_summary(self, output: StepOutput, batch: Batch) -> Dict[str, float]:
+        """Hook: the values printed for a training batch (CoOp: loss and top-1 accuracy)."""
+        logits = self.mask_other_tasks(output.logits, batch.tasks)
+        return {"loss": output.loss.item(), "acc": compute_accuracy(logits, batch.labels)[0].item()}
 
     def forward_backward(self, batch: dict) -> Dict[str, float]:
-        raise NotImplementedError
+        """One step: loss terms -> backward -> hooks -> optimizers; the schedulers after the
+        epoch's last batch (where Dassl's trainers step them)."""
+        step_batch = self.parse_batch_train(batch)
+        with self.autocast():
+            output = self.loss_terms(step_batch)
+        self.model_backward_and_update(output.loss)
+        self.last_loss_terms = {name: term.item() for name, term in output.losses.items()}
+        summary = self.loss_summary(output, step_batch)
+        if (self.batch_idx + 1) == self.num_batches:
+            self.update_lr()
+        return summary
+
+    def compute_loss(self, images: torch.Tensor, labels: torch.Tensor,
+                     tasks: Optional[torch.Tensor] = None) -> "tuple[torch.Tensor, torch.Tensor]":
+        """(summed loss, logits) of ``loss_terms`` for a batch given as tensors (labels over all classes)."""
+        tasks = tasks if tasks is not None else torch.zeros_like(labels)
+        with self.autocast():
+            output = self.loss_terms(Batch(images, labels, tasks))
+        return output.loss, output.logits
 
     # ----- evaluation ---------------------------------------------------------------------
     def parse_batch_test(self, batch: dict):
         return batch["img"].to(self.device), batch["label"].to(self.device)
 
-    def model_inference(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(images)
+    def model_inference(self, images: torch.Tensor, tasks: Optional[torch.Tensor] = None) -> torch.Tensor:
+        with self.autocast():
+            return self.model(images, tasks)
 
     @property
     def classnames(self) -> List[str]:
@@ -313,7 +504,10 @@ class TrainerX:
         self.set_model_mode("eval")
         self.evaluator.reset()
         split = split or self.cfg.TEST.SPLIT
-        if split == "val" and self.val_loader is not None:
+        if split == "val":
+            if self.val_loader is None:
+                raise ValueError(f"Asked to evaluate on the validation set (TEST.SPLIT or TEST.FINAL_MODEL "
+                                 f"best_val), but {self.cfg.DATASET.NAME} has none in this run")
             loader = self.val_loader
         else:
             split, loader = "test", self.test_loader
@@ -323,7 +517,8 @@ class TrainerX:
             for batch in tqdm(loader, dynamic_ncols=True, leave=False):
                 images, labels = self.parse_batch_test(batch)
                 tasks = batch.get("task")
-                logits = self.restrict_to_tasks(self.model_inference(images), tasks)
+                device_tasks = tasks.to(self.device) if tasks is not None else None
+                logits = self.restrict_to_tasks(self.model_inference(images, device_tasks), tasks)
                 self.evaluator.process(logits, labels, tasks=tasks, impaths=batch.get("impath"))
         finally:
             self.end_evaluation()
@@ -333,3 +528,8 @@ class TrainerX:
                 write_scalar(self._writer, f"{split}/{key}", value, self.epoch)
         self.last_results = results
         return list(results.values())[0]
+
+
+def _listed(keys: List[str], limit: int = 8) -> str:
+    more = f" ... (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
