@@ -236,6 +236,29 @@ def test_dept_kgcoop_keeps_the_knowledge_guided_term(data_root, tmp_path, fixed_
     assert trainer.cfg.TRAINER.COOP.W == 8.0 and torch.allclose(loss, expected, atol=1e-5)
 
 
+def test_multi_task_dept_restricts_both_heads_to_each_samples_task(data_root, tmp_path, fixed_features):
+    argv = cli("CoOp", data_root, "DATASET.NAME", "Synthetic,SyntheticB", "TRAINER.LINEAR_PROBE.ROUTE", "base")
+    trainer = make_trainer(argv, str(tmp_path / "unit"))
+    model, n = trainer.model, len(trainer.classnames)
+    assert model.head.linear_probe_proj.weight.shape[0] == n  # the CAT classifier spans all tasks' classes
+    randomize_head(model.head)
+    tasks = torch.tensor([0, 1, 1])
+    labels = trainer.labels_in_all_classes(torch.tensor([2, 0, 3]), tasks)
+    img, txt = torch.randn(3, 64), torch.randn(n, 64)
+    fixed_features(model.baseline, img, txt)
+    loss, _ = trainer.compute_loss(torch.zeros(3, 3, 224, 224), labels, tasks)
+    cat = torch.cat([cat_rows(model.head, txt[labels], "text"), cat_rows(model.head, img, "img")])
+    itm_logits = itm(img, txt, model.baseline.logit_scale)
+    expected = ((1 - WEIGHT) * F.cross_entropy(trainer.mask_other_tasks(itm_logits, tasks), labels)
+                + WEIGHT * F.cross_entropy(trainer.mask_other_tasks(cat, tasks.repeat(2)), labels.repeat(2)))
+    assert torch.allclose(loss, expected, atol=1e-5)
+    assert not torch.allclose(loss, (1 - WEIGHT) * F.cross_entropy(itm_logits, labels)
+                              + WEIGHT * F.cross_entropy(cat, labels.repeat(2)), atol=1e-3)
+
+    log = run(argv, str(tmp_path / "run"))
+    assert "=> task: Synthetic" in log and "=> task: SyntheticB" in log
+
+
 def test_fusion_of_itm_and_cat_logits(data_root, tmp_path, fixed_features):
     trainer = make_trainer(cli("CoOp", data_root, "DATASET.SUBSAMPLE_CLASSES", "base",
                                "TRAINER.LINEAR_PROBE.FUSION", "probs"), str(tmp_path))
