@@ -19,8 +19,11 @@ import torch
 
 import datasets
 import trainers
-from trainers.engine.config import ConfigError, get_cfg_default, merge_from_file, merge_from_list
-from trainers.engine.logger import setup_logger
+from clip.errors import UserInputError
+from datasets.build import build_dataset
+from datasets.manager import find_unreadable_images, parse_dataset_names
+from trainers.engine.config import get_cfg_default, merge_from_file, merge_from_list
+from trainers.engine.logger import report_error, setup_logger
 from trainers.engine.registry import TRAINER_REGISTRY, build_trainer, extend_cfg
 from trainers.engine.results import write_results
 
@@ -45,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "of training (MVLPT's source prompt)")
     parser.add_argument("--load-epoch", type=int, help="load the weights of this epoch for evaluation")
     parser.add_argument("--no-train", action="store_true", help="do not call trainer.train()")
+    parser.add_argument("--verify-data", action="store_true",
+                        help="open every image of the data set's splits once, list the bad files and exit")
+    parser.add_argument("--print-config", action="store_true", help="print the merged config and exit")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the Python traceback of input errors too (also VLPROMPT_DEBUG=1)")
     parser.add_argument("--list-trainers", action="store_true", help="print the registered trainers and exit")
     parser.add_argument("--list-datasets", action="store_true", help="print the registered data sets and exit")
     parser.add_argument("opts", default=None, nargs=argparse.REMAINDER,
@@ -128,8 +136,32 @@ def print_args(args, cfg) -> None:
     print(cfg)
 
 
+#: exit status of a run stopped by an error in its inputs (paths, data, config, checkpoints)
+EXIT_INPUT_ERROR = 2
+
+
+def input_error_message(exc: UserInputError) -> str:
+    """The error's own message; raised in a data-loader worker, without the worker's traceback text."""
+    message = str(exc)
+    if "Original Traceback" not in message:
+        return message
+    last = message.strip().splitlines()[-1]
+    prefix = f"{type(exc).__module__}.{type(exc).__qualname__}: "
+    return last[len(prefix):] if last.startswith(prefix) else last
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except UserInputError as exc:
+        if args.debug or os.environ.get("VLPROMPT_DEBUG") == "1":
+            raise
+        report_error(f"Error: {input_error_message(exc)}")
+        return EXIT_INPUT_ERROR
+
+
+def run(args) -> int:
     if args.list_trainers or args.list_datasets:
         if args.list_trainers:
             print("Trainers: " + ", ".join(TRAINER_REGISTRY.names()))
@@ -139,11 +171,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.list_datasets:
             print("Data sets: " + ", ".join(datasets.DATASET_REGISTRY.names()))
         return 0
-    try:
-        cfg = setup_cfg(args)
-    except ConfigError as exc:
-        print(f"Config error: {exc}", file=sys.stderr)
-        return 2
+    cfg = setup_cfg(args)
+    if args.print_config:
+        print(cfg)
+        return 0
+    if args.verify_data:
+        return verify_data(cfg)
     if not cfg.TRAINER.NAME:
         print("No trainer given: pass --trainer NAME (see --list-trainers)", file=sys.stderr)
         return 2
@@ -179,6 +212,17 @@ def main(argv: Optional[List[str]] = None) -> int:
         write_results(cfg.OUTPUT_DIR, results, cfg, extra={
             "eval_only": args.eval_only, "model_dir": args.model_dir, "load_epoch": args.load_epoch})
     return 0
+
+
+def verify_data(cfg) -> int:
+    """Open every image of the configured data set(s) once; 0 when all read, else list them."""
+    names = parse_dataset_names(cfg.DATASET.NAME)
+    problems = find_unreadable_images([build_dataset(cfg, name) for name in names])
+    for line in problems:
+        print(f"Unreadable image: {line}")
+    print(f"{len(problems)} unreadable image(s) in {', '.join(names)}" if problems else
+          f"Every image of {', '.join(names)} reads")
+    return EXIT_INPUT_ERROR if problems else 0
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from torchvision.transforms import CenterCrop, Compose, InterpolationMode, Norma
 from tqdm import tqdm
 
 from . import tiny
+from .errors import UnusableFileError
 from .model import CLIP, build_model
 
 __all__ = ["available_models", "load", "load_state_dict", "cache_dir", "CLIP_MEAN", "CLIP_STD"]
@@ -81,7 +82,7 @@ def _download(url: str, root: str, model_name: Optional[str] = None) -> str:
 
     if os.path.exists(target):
         if not os.path.isfile(target):
-            raise RuntimeError(f"{target} exists and is not a regular file")
+            raise UnusableFileError(f"{target} exists and is not a regular file")
         if _sha256(target) == expected:
             return target
         warnings.warn(f"{target} exists, but its SHA256 checksum does not match {expected}; re-downloading")
@@ -96,11 +97,11 @@ def _download(url: str, root: str, model_name: Optional[str] = None) -> str:
                         output.write(chunk)
                         bar.update(len(chunk))
         except OSError as err:  # urllib.error.URLError is an OSError
-            raise RuntimeError(
+            raise UnusableFileError(
                 f"could not download CLIP model {label!r} ({err}). If this machine is offline, fetch {url} "
                 f"elsewhere and put it at {target} (expected SHA256 {expected})") from err
         if _sha256(tmp) != expected:
-            raise RuntimeError(f"downloaded {url}, but its SHA256 checksum does not match {expected}")
+            raise UnusableFileError(f"downloaded {url}, but its SHA256 checksum does not match {expected}")
     return target
 
 
@@ -126,7 +127,7 @@ def _resolve(name: str, download_root: Optional[str]) -> str:
         return tiny.ensure_tiny_file(name, cache_dir(download_root))
     if os.path.isfile(name):
         return name
-    raise RuntimeError(f"Model {name} not found; available models = {available_models()}, "
+    raise UnusableFileError(f"Model {name} not found; available models = {available_models()}, "
                        f"tiny test models = {tiny.tiny_models()}, or give the path of a checkpoint file")
 
 
@@ -139,7 +140,7 @@ def _unwrap_state_dict(obj: Any, path: str) -> Dict[str, Tensor]:
                 break
         if obj and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()):
             return obj
-    raise RuntimeError(f"{path} holds a {type(obj).__name__}, not a CLIP state dict "
+    raise UnusableFileError(f"{path} holds a {type(obj).__name__}, not a CLIP state dict "
                        "(a mapping of parameter names to tensors, optionally under 'state_dict' or 'model')")
 
 
@@ -155,7 +156,7 @@ def _read_checkpoint(path: str, device: Union[str, torch.device], jit: bool) -> 
         try:
             obj = torch.load(f, map_location="cpu", weights_only=True)
         except Exception as err:  # any reader failure means the file is unusable; say which file
-            raise RuntimeError(
+            raise UnusableFileError(
                 f"{path} is neither a TorchScript archive nor a state dict readable by torch.load "
                 f"({type(err).__name__}: {err}); the file may be truncated or corrupt, delete it and "
                 "download it again") from err

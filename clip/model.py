@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .errors import InvalidInputError
+
 PromptList = Optional[Sequence[Optional[Tensor]]]
 
 #: Methods whose image prompts need a ViT image encoder (named in errors).
@@ -600,7 +602,7 @@ def build_model(state_dict: Dict[str, Tensor]) -> CLIP:
     try:
         config = _infer_config(sd)
     except KeyError as err:
-        raise ValueError(f"not a CLIP state dict: key {err.args[0]!r}, needed to infer the architecture, "
+        raise InvalidInputError(f"not a CLIP state dict: key {err.args[0]!r}, needed to infer the architecture, "
                          f"is missing (it has {len(sd)} keys, e.g. {_first(sorted(sd), 3)})") from err
     model = CLIP(**config)
     convert_weights(model)
@@ -614,7 +616,7 @@ def build_model(state_dict: Dict[str, Tensor]) -> CLIP:
         problems = [f"{label} ({len(keys)}): {_first(keys)}" for label, keys in
                     (("missing keys", missing), ("unexpected keys", unexpected),
                      ("shape mismatches (given vs inferred)", mismatched)) if keys]
-        raise ValueError("state dict does not fit the CLIP architecture inferred from it, "
+        raise InvalidInputError("state dict does not fit the CLIP architecture inferred from it, "
                          f"{_describe(config)}: " + "; ".join(problems))
     model.load_state_dict(sd)
     return model.eval()

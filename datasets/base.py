@@ -14,6 +14,7 @@ from collections import OrderedDict
 from numbers import Integral
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
+from clip.errors import InvalidInputError, MissingInputError
 from .io import read_json, write_json
 
 __all__ = [
@@ -133,7 +134,7 @@ class DatasetBase:
     def __init__(self, train_x: Optional[List[Datum]] = None, train_u: Optional[List[Datum]] = None,
                  val: Optional[List[Datum]] = None, test: Optional[List[Datum]] = None) -> None:
         if not train_x:
-            raise ValueError(f"{type(self).__name__}: train_x is empty; classes are defined by the "
+            raise InvalidInputError(f"{type(self).__name__}: train_x is empty; classes are defined by the "
                              "training items (check the split file, NUM_SHOTS and SUBSAMPLE_CLASSES)")
         self._train_x = train_x
         self._train_u = train_u
@@ -209,11 +210,11 @@ def split_entries(items: Iterable[Datum], prefix: str) -> List[list]:
 
 def _from_entries(entries: Any, prefix: str, path: str, key: str) -> List[Datum]:
     if not isinstance(entries, list):
-        raise ValueError(f'{path}: "{key}" must be a list of [relative_path, label, classname]')
+        raise InvalidInputError(f'{path}: "{key}" must be a list of [relative_path, label, classname]')
     out = []
     for i, entry in enumerate(entries):
         if not (isinstance(entry, (list, tuple)) and len(entry) == 3):
-            raise ValueError(f'{path}: "{key}"[{i}] must be [relative_path, label, classname], got {entry!r}')
+            raise InvalidInputError(f'{path}: "{key}"[{i}] must be [relative_path, label, classname], got {entry!r}')
         relpath, label, classname = entry
         out.append(Datum(impath=os.path.join(prefix, relpath), label=int(label), classname=classname))
     return out
@@ -224,7 +225,7 @@ def read_split_lists(path: str, prefix: str, keys: Sequence[str]) -> List[List[D
     data = read_json(path)
     missing = [k for k in keys if not isinstance(data, dict) or k not in data]
     if missing:
-        raise ValueError(f"{path}: missing key(s) {missing}; expected an object with {list(keys)}")
+        raise InvalidInputError(f"{path}: missing key(s) {missing}; expected an object with {list(keys)}")
     return [_from_entries(data[k], prefix, path, k) for k in keys]
 
 
@@ -234,7 +235,7 @@ def read_split(path: str, prefix: str) -> Tuple[List[Datum], List[Datum], List[D
         name = os.path.basename(path)
         which = name[len("split_zhou_"):-len(".json")] if name.startswith("split_zhou_") else ""
         what = f'data set "{which}"' if which else "data set"
-        raise FileNotFoundError(f"Split file of {what} not found: {path} (see DATASETS.md)")
+        raise MissingInputError(f"Split file of {what} not found: {path} (see DATASETS.md)")
     print(f"Reading split from {path}")
     train, val, test = read_split_lists(path, prefix, ("train", "val", "test"))
     return train, val, test
@@ -260,7 +261,7 @@ def split_trainval(trainval: List[Datum], p_val: float = 0.2) -> Tuple[List[Datu
     for label, group in split_dataset_by_label(trainval).items():
         n_val = round(len(group) * p_val)
         if n_val <= 0:
-            raise ValueError(f"Label {label} has {len(group)} trainval item(s): too few for a "
+            raise InvalidInputError(f"Label {label} has {len(group)} trainval item(s): too few for a "
                              f"{p_val:.0%} validation split")
         random.shuffle(group)
         val.extend(group[:n_val])
@@ -277,7 +278,7 @@ def subsample_classes(*data_lists: List[Datum], subsample: str = "all"):
     labels are dropped. "all" returns the inputs unchanged (as a tuple).
     """
     if subsample not in SUBSAMPLE_CHOICES:
-        raise ValueError(f"DATASET.SUBSAMPLE_CLASSES must be one of {list(SUBSAMPLE_CHOICES)}, "
+        raise InvalidInputError(f"DATASET.SUBSAMPLE_CLASSES must be one of {list(SUBSAMPLE_CHOICES)}, "
                          f"got {subsample!r}")
     if subsample == "all":
         return data_lists
@@ -390,7 +391,7 @@ class CoOpDataset(DatasetBase):
         try:
             train, val, test = self.build_split()
         except FileNotFoundError as exc:
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f'Split file of data set "{type(self).__name__}" not found: {self.split_path}, and it '
                 f"cannot be built from the raw annotations ({exc}). Put the split file there as "
                 "described in DATASETS.md") from exc
@@ -399,17 +400,17 @@ class CoOpDataset(DatasetBase):
 
     def build_split(self) -> Tuple[List[Datum], List[Datum], List[Datum]]:
         """Make train/val/test from the raw annotations (CoOp's fallback for a missing JSON)."""
-        raise FileNotFoundError(f"no fallback split builder for {type(self).__name__}")
+        raise MissingInputError(f"no fallback split builder for {type(self).__name__}")
 
 
 def require_folder(path: str, dataset: str) -> None:
     if not os.path.isdir(path):
-        raise FileNotFoundError(f'Data set "{dataset}" not found: expected the folder {path} '
+        raise MissingInputError(f'Data set "{dataset}" not found: expected the folder {path} '
                                 "(DATASET.ROOT + the data set's folder). See DATASETS.md for the layout")
 
 
 def require_file(path: str) -> str:
     """Return ``path`` if it is a file, else raise FileNotFoundError naming it."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"expected file not found: {path} (see DATASETS.md)")
+        raise MissingInputError(f"expected file not found: {path} (see DATASETS.md)")
     return path

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from clip.errors import InvalidInputError
 from .base import DatasetBase
 from .registry import Registry
 
@@ -13,7 +14,7 @@ def build_dataset(cfg: Any, name: Optional[str] = None) -> DatasetBase:
     """Build the registered data set ``name`` (default ``cfg.DATASET.NAME``) from ``cfg``."""
     name = cfg.DATASET.NAME if name is None else name
     if "," in name:
-        raise ValueError(f'DATASET.NAME "{name}" lists several data sets; build them one by one '
+        raise InvalidInputError(f'DATASET.NAME "{name}" lists several data sets; build them one by one '
                          "or use datasets.DataManager, which makes one task per data set")
     cls = DATASET_REGISTRY.get(name)
     print(f"Loading dataset: {name}")

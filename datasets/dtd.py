@@ -8,6 +8,7 @@ import os
 import random
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from clip.errors import InvalidInputError, MissingInputError
 from .base import CoOpDataset, Datum, listdir_nohidden
 from .build import DATASET_REGISTRY
 
@@ -22,7 +23,7 @@ def read_and_split_data(image_dir: str, p_trn: float = 0.5, p_val: float = 0.2,
     RNG state. ``new_cnames`` renames folders to class names.
     """
     if not os.path.isdir(image_dir):
-        raise FileNotFoundError(f"missing image folder {image_dir}")
+        raise MissingInputError(f"missing image folder {image_dir}")
     categories = sorted(c for c in listdir_nohidden(image_dir) if c not in ignored)
     p_tst = 1 - p_trn - p_val
     print(f"Splitting into {p_trn:.0%} train, {p_val:.0%} val, and {p_tst:.0%} test")
@@ -34,7 +35,7 @@ def read_and_split_data(image_dir: str, p_trn: float = 0.5, p_val: float = 0.2,
         n_train = round(len(images) * p_trn)
         n_val = round(len(images) * p_val)
         if not (n_train > 0 and n_val > 0 and len(images) - n_train - n_val > 0):
-            raise ValueError(f"{category_dir} has {len(images)} image(s): too few to split into "
+            raise InvalidInputError(f"{category_dir} has {len(images)} image(s): too few to split into "
                              "non-empty train, val and test parts")
         classname = (new_cnames or {}).get(category, category)
         for part, paths in ((train, images[:n_train]), (val, images[n_train:n_train + n_val]),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from typing import Dict, List, Tuple
 
+from clip.errors import InvalidInputError
 from .base import CoOpDataset, Datum, require_file
 from .build import DATASET_REGISTRY
 
@@ -37,7 +38,7 @@ class FGVCAircraft(CoOpDataset):
                 imageid, *words = line.strip().split(" ")
                 classname = " ".join(words)
                 if classname not in cname2lab:
-                    raise ValueError(f"{path}:{n}: variant {classname!r} is not in variants.txt")
+                    raise InvalidInputError(f"{path}:{n}: variant {classname!r} is not in variants.txt")
                 items.append(Datum(impath=os.path.join(self.image_dir, imageid + ".jpg"),
                                    label=cname2lab[classname], classname=classname))
         return items

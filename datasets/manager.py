@@ -17,12 +17,13 @@ from PIL import Image, UnidentifiedImageError
 from tabulate import tabulate
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 
+from clip.errors import InvalidInputError, MissingInputError, UnreadableInputError
 from .base import DatasetBase, Datum
 from .build import build_dataset
 from .transforms import build_transform, interpolation_mode
 
 __all__ = ["Task", "DataManager", "DatasetWrapper", "build_data_loader", "build_sampler", "read_image",
-           "parse_dataset_names"]
+           "find_unreadable_images", "parse_dataset_names"]
 
 
 @dataclass(frozen=True)
@@ -38,24 +39,45 @@ class Task:
     class_offset: int = 0  # where this task's classes start in the concatenation of all tasks' classes
 
 
-def read_image(path: str) -> Image.Image:
-    """Open an image as RGB; a missing or unreadable file is an error that names it."""
+def read_image(path: str, split: str = "") -> Image.Image:
+    """Open an image as RGB; a missing or unreadable file is an error that names it and its split."""
+    where = f"the {split} split" if split else "the data set's split"
     try:
         with Image.open(path) as img:
             return img.convert("RGB")
     except FileNotFoundError as exc:
-        raise FileNotFoundError(f"Image file not found: {path} (listed by the data set's split; "
+        raise MissingInputError(f"Image file not found: {path} (listed by {where}; "
                                 "is DATASET.ROOT right and the data complete?)") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise OSError(f"Cannot read image {path}: {exc}") from exc
+        raise UnreadableInputError(f"Cannot read image {path} (listed by {where}): {exc}. "
+                                   "python train.py --verify-data with the same data arguments lists every "
+                                   "bad file") from exc
+
+
+def find_unreadable_images(datasets: Sequence[DatasetBase]) -> List[str]:
+    """Open every image of every split once; one line per file that fails (path, split, reason)."""
+    problems, seen = [], set()
+    for dataset in datasets:
+        for split, items in (("train_x", dataset.train_x), ("val", dataset.val), ("test", dataset.test)):
+            for item in items or []:
+                if item.impath in seen:
+                    continue
+                seen.add(item.impath)
+                try:
+                    with Image.open(item.impath) as img:
+                        img.convert("RGB")
+                except (OSError, SyntaxError, ValueError) as exc:
+                    problems.append(f"{item.impath} ({type(dataset).__name__} {split}): {exc}")
+    return problems
 
 
 class DatasetWrapper(Dataset):
     """Items as Dassl's dicts (label, domain, impath, index, img[, img2...][, img0]) plus ``task``."""
 
     def __init__(self, cfg: Any, data_source: Sequence[Datum], transform: Any = None, is_train: bool = False,
-                 tasks: Optional[Sequence[int]] = None) -> None:
+                 tasks: Optional[Sequence[int]] = None, split: str = "") -> None:
         self.data_source = data_source
+        self.split = split
         self.tasks = tasks if tasks is not None else [0] * len(data_source)
         if len(self.tasks) != len(data_source):
             raise ValueError(f"{len(self.tasks)} task indices for {len(data_source)} items")
@@ -64,7 +86,7 @@ class DatasetWrapper(Dataset):
         # Several augmented views per image are a training-time option only.
         self.k_tfm = cfg.DATALOADER.K_TRANSFORMS if is_train else 1
         if self.k_tfm > 1 and transform is None:
-            raise ValueError(f"Cannot augment the image {self.k_tfm} times (DATALOADER.K_TRANSFORMS) "
+            raise InvalidInputError(f"Cannot augment the image {self.k_tfm} times (DATALOADER.K_TRANSFORMS) "
                              "because there is no transform (INPUT.NO_TRANSFORM)")
         self.to_tensor = None
         if cfg.DATALOADER.RETURN_IMG0:
@@ -81,7 +103,7 @@ class DatasetWrapper(Dataset):
         item = self.data_source[idx]
         output: Dict[str, Any] = {"label": item.label, "domain": item.domain, "impath": item.impath,
                                   "index": idx, "task": self.tasks[idx]}
-        img0 = read_image(item.impath)
+        img0 = read_image(item.impath, self.split)
         if self.transform is None:
             output["img"] = img0
         elif isinstance(self.transform, (list, tuple)):
@@ -104,7 +126,7 @@ def build_sampler(sampler_type: str, data_source: Sequence[Datum]) -> Sampler:
         return RandomSampler(data_source)
     if sampler_type == "SequentialSampler":
         return SequentialSampler(data_source)
-    raise ValueError(f'Unsupported sampler "{sampler_type}" (DATALOADER.*.SAMPLER); '
+    raise InvalidInputError(f'Unsupported sampler "{sampler_type}" (DATALOADER.*.SAMPLER); '
                      "supported: RandomSampler, SequentialSampler")
 
 
@@ -113,13 +135,13 @@ def build_data_loader(cfg: Any, sampler_type: str, data_source: Sequence[Datum],
                       what: str = "data") -> DataLoader:
     """A DataLoader as Dassl builds it; a training set smaller than one batch keeps its partial batch."""
     if not data_source:
-        raise ValueError(f"Cannot build a loader over an empty {what} list")
+        raise InvalidInputError(f"Cannot build a loader over an empty {what} list")
     if is_train and len(data_source) < batch_size:
         warnings.warn(f"The {what} set has {len(data_source)} items, fewer than the batch size {batch_size} "
                       f"(DATALOADER.TRAIN_X.BATCH_SIZE): each epoch is one partial batch of {len(data_source)}",
                       stacklevel=2)
     return DataLoader(
-        DatasetWrapper(cfg, data_source, transform=tfm, is_train=is_train, tasks=tasks),
+        DatasetWrapper(cfg, data_source, transform=tfm, is_train=is_train, tasks=tasks, split=what),
         batch_size=batch_size,
         sampler=build_sampler(sampler_type, data_source),
         num_workers=cfg.DATALOADER.NUM_WORKERS,
@@ -132,10 +154,10 @@ def parse_dataset_names(name: str) -> List[str]:
     """``"A, B"`` -> ``["A", "B"]``; each name once."""
     names = [n.strip() for n in name.split(",") if n.strip()]
     if not names:
-        raise ValueError("DATASET.NAME is empty: set it to a registered data set (or a comma-separated list)")
+        raise InvalidInputError("DATASET.NAME is empty: set it to a registered data set (or a comma-separated list)")
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
-        raise ValueError(f"DATASET.NAME lists {repeated} more than once: {name!r}")
+        raise InvalidInputError(f"DATASET.NAME lists {repeated} more than once: {name!r}")
     return names
 
 

@@ -5,6 +5,7 @@ import os
 import random
 from typing import List, Tuple
 
+from clip.errors import InvalidInputError
 from .base import CoOpDataset, Datum, load_mat, require_file
 from .build import DATASET_REGISTRY
 from .io import read_json
@@ -31,7 +32,7 @@ class OxfordFlowers(CoOpDataset):
             n_train = round(len(impaths) * 0.5)
             n_val = round(len(impaths) * 0.2)
             if not (n_train > 0 and n_val > 0 and len(impaths) - n_train - n_val > 0):
-                raise ValueError(f"Flower label {label} has {len(impaths)} image(s): too few to split")
+                raise InvalidInputError(f"Flower label {label} has {len(impaths)} image(s): too few to split")
             cname = lab2cname[str(label)]
             for part, paths in ((train, impaths[:n_train]), (val, impaths[n_train:n_train + n_val]),
                                 (test, impaths[n_train + n_val:])):

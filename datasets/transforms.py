@@ -14,6 +14,8 @@ import torchvision.transforms as T
 from PIL import Image
 from torchvision.transforms import InterpolationMode
 
+from clip.errors import InvalidInputError
+
 __all__ = ["build_transform", "INTERPOLATION_MODES", "AVAILABLE_TRANSFORMS", "Random2DTranslation",
            "Cutout", "GaussianNoise", "InstanceNormalization"]
 
@@ -90,7 +92,7 @@ class InstanceNormalization:
 
 def interpolation_mode(name: str) -> InterpolationMode:
     if name not in INTERPOLATION_MODES:
-        raise ValueError(f"INPUT.INTERPOLATION must be one of {sorted(INTERPOLATION_MODES)}, got {name!r}")
+        raise InvalidInputError(f"INPUT.INTERPOLATION must be one of {sorted(INTERPOLATION_MODES)}, got {name!r}")
     return INTERPOLATION_MODES[name]
 
 
@@ -106,7 +108,7 @@ def build_transform(cfg: Any, is_train: bool = True, choices: Optional[Sequence[
     choices = list(cfg.INPUT.TRANSFORMS if choices is None else choices)
     unknown = [c for c in choices if c not in AVAILABLE_TRANSFORMS]
     if unknown:
-        raise ValueError(f"Unknown transform(s) {unknown} in INPUT.TRANSFORMS; known: {list(AVAILABLE_TRANSFORMS)}")
+        raise InvalidInputError(f"Unknown transform(s) {unknown} in INPUT.TRANSFORMS; known: {list(AVAILABLE_TRANSFORMS)}")
     interp = interpolation_mode(cfg.INPUT.INTERPOLATION)
     size = tuple(cfg.INPUT.SIZE)
     build = _build_train if is_train else _build_test

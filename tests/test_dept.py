@@ -112,7 +112,7 @@ def test_dept_coop_base_train_fused_test_and_new_eval(coop_run, data_root, tmp_p
     images, labels = first_test_batch(trainer)
     with torch.no_grad():
         assert torch.equal(trainer.model_inference(images), trainer.model.baseline(images))
-    with pytest.raises(RuntimeError, match="TRAINER.LINEAR_PROBE.ROUTE base"):
+    with pytest.raises(ValueError, match="TRAINER.LINEAR_PROBE.ROUTE base"):
         trainer.compute_loss(images, labels)
 
 

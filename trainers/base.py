@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import clip
+from clip.errors import InvalidInputError
 from clip.loading import load_state_dict as load_clip_state_dict
 from trainers.engine.checkpoint import load_checkpoint
 from trainers.engine.optim import build_lr_scheduler, build_optimizer
@@ -136,7 +137,7 @@ class PromptTrainer(TrainerX):
     def check_cfg(self, cfg) -> None:
         prec = cfg.TRAINER[self.config_node].PREC
         if prec not in PRECISIONS:
-            raise ValueError(f"TRAINER.{self.config_node}.PREC must be one of {PRECISIONS}, got {prec!r}")
+            raise InvalidInputError(f"TRAINER.{self.config_node}.PREC must be one of {PRECISIONS}, got {prec!r}")
 
     def build_custom_clip(self, clip_model: nn.Module) -> PromptedCLIP:
         raise NotImplementedError
@@ -188,7 +189,7 @@ class PromptTrainer(TrainerX):
         """``MODEL.INIT_WEIGHTS``: one checkpoint file for the (only) trainable module, by the loading rule."""
         names = self.get_model_names()
         if len(names) != 1:
-            raise ValueError(f"MODEL.INIT_WEIGHTS names one file, but {type(self).__name__} learns {len(names)} "
+            raise InvalidInputError(f"MODEL.INIT_WEIGHTS names one file, but {type(self).__name__} learns {len(names)} "
                              f"modules ({', '.join(names)}); pass their run folder with --model-dir instead")
         checkpoint = load_checkpoint(path)
         self.load_learned_weights(names[0], checkpoint.get("state_dict", checkpoint), path)

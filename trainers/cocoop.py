@@ -11,6 +11,7 @@ from typing import Dict, Optional, Tuple
 import torch
 import torch.nn as nn
 
+from clip.errors import InvalidInputError
 from trainers.base import PromptedCLIP, PromptTrainer, normalize
 from trainers.coop import check_input_size, ctx_init_phrase
 from trainers.engine.config import CN, register_alternative_type
@@ -88,7 +89,7 @@ class CoCoOp(PromptTrainer):
         super().check_cfg(cfg)
         chunk = cfg.TRAINER.COCOOP.TEXT_CHUNK
         if not isinstance(chunk, int) or chunk < 0:
-            raise ValueError(f"TRAINER.COCOOP.TEXT_CHUNK must be an integer >= 0 (0 = whole batch), got {chunk!r}")
+            raise InvalidInputError(f"TRAINER.COCOOP.TEXT_CHUNK must be an integer >= 0 (0 = whole batch), got {chunk!r}")
 
     def build_custom_clip(self, clip_model: nn.Module) -> PromptedCLIP:
         opts = self.cfg.TRAINER.COCOOP

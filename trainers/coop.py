@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from clip.errors import InvalidInputError
 from trainers.base import PromptedCLIP, PromptTrainer
 from trainers.engine.config import CN, register_alternative_type
 from trainers.engine.registry import TRAINER_REGISTRY, config_hook
@@ -62,5 +63,5 @@ class CoOp(PromptTrainer):
 def check_input_size(cfg, clip_model: nn.Module) -> None:
     expected = clip_model.visual.input_resolution
     if cfg.INPUT.SIZE[0] != expected:
-        raise ValueError(f"INPUT.SIZE {tuple(cfg.INPUT.SIZE)} does not match the CLIP backbone "
+        raise InvalidInputError(f"INPUT.SIZE {tuple(cfg.INPUT.SIZE)} does not match the CLIP backbone "
                          f"{cfg.MODEL.BACKBONE.NAME}, which takes {expected}x{expected} images")

@@ -48,6 +48,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from clip.errors import InvalidInputError
 from datasets.imagenet import read_classnames, sorted_subfolders
 from trainers.base import PromptedCLIP, PromptTrainer
 from trainers.engine.config import CN
@@ -173,9 +174,9 @@ class DePTTrainer(PromptTrainer):
                                     ("LINEAR_PROBE.FUSION", lp.FUSION, FUSION_SPACES),
                                     ("FILM.INIT", film.INIT, CWT_INITS)):
             if value not in choices:
-                raise ValueError(f"TRAINER.{key} must be one of {choices}, got {value!r}")
+                raise InvalidInputError(f"TRAINER.{key} must be one of {choices}, got {value!r}")
         if not 0.0 <= lp.WEIGHT <= 1.0:
-            raise ValueError(f"TRAINER.LINEAR_PROBE.WEIGHT must lie in [0, 1], got {lp.WEIGHT}")
+            raise InvalidInputError(f"TRAINER.LINEAR_PROBE.WEIGHT must lie in [0, 1], got {lp.WEIGHT}")
 
     # ----- model --------------------------------------------------------------------------
     def build_custom_clip(self, clip_model: nn.Module) -> DePTCLIP:
@@ -218,7 +219,7 @@ class DePTTrainer(PromptTrainer):
         if cat:
             groups.append({"params": cat, "lr": optim.LR * optim.LR_EXP})
         if not groups:
-            raise ValueError("DePT found no trainable parameters (check TRAINER.NAMES_TO_UPDATE)")
+            raise InvalidInputError("DePT found no trainable parameters (check TRAINER.NAMES_TO_UPDATE)")
         print(f"Learning rates: prompts {optim.LR:g} ({len(prompts)} tensors), "
               f"CAT head {optim.LR * optim.LR_EXP:g} ({len(cat)} tensors)")
         return groups
@@ -232,7 +233,7 @@ class DePTTrainer(PromptTrainer):
         """
         model = self.model
         if not model.base_route:
-            raise RuntimeError(
+            raise InvalidInputError(
                 f"DePT trains the CAT classifier on base classes only, but this run routes to the new-class head "
                 f"(TRAINER.LINEAR_PROBE.ROUTE {self.cfg.TRAINER.LINEAR_PROBE.ROUTE}, SUBSAMPLE_CLASSES "
                 f"{self.cfg.DATASET.SUBSAMPLE_CLASSES}, DATASET.NAME {self.cfg.DATASET.NAME}); "

@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import clip
+from clip.errors import InvalidInputError
 from datasets import DATASET_REGISTRY
 from trainers.base import PromptedCLIP, normalize
 from trainers.coop import DEFAULT_CTX_INIT_PHRASE, CoOp, TextPromptedCLIP, check_input_size
@@ -120,7 +121,7 @@ class KgCoOp(CoOp):
         super().check_cfg(cfg)
         distance = cfg.TRAINER.COOP.KG_DISTANCE
         if distance not in KG_DISTANCES:
-            raise ValueError(f"TRAINER.COOP.KG_DISTANCE must be one of {KG_DISTANCES}, got {distance!r}")
+            raise InvalidInputError(f"TRAINER.COOP.KG_DISTANCE must be one of {KG_DISTANCES}, got {distance!r}")
 
     def build_custom_clip(self, clip_model: nn.Module) -> PromptedCLIP:
         opts = self.cfg.TRAINER.COOP

@@ -21,6 +21,7 @@ from typing import Dict
 import torch
 import torch.nn as nn
 
+from clip.errors import InvalidInputError
 from trainers.base import PromptedCLIP, PromptTrainer
 from trainers.coop import check_input_size
 from trainers.engine.checkpoint import CheckpointMismatchError
@@ -65,12 +66,12 @@ def check_maple_backbone(cfg, clip_model: nn.Module) -> None:
     """MaPLe needs a ViT and at most as many prompted layers as the shallower transformer has."""
     name = cfg.MODEL.BACKBONE.NAME
     if not clip_model.is_vit:
-        raise ValueError(f"MaPLe puts prompts into the vision transformer and needs a ViT backbone "
+        raise InvalidInputError(f"MaPLe puts prompts into the vision transformer and needs a ViT backbone "
                          f"(e.g. ViT-B/16); MODEL.BACKBONE.NAME {name!r} has a ResNet image encoder")
     depth = cfg.TRAINER.MAPLE.PROMPT_DEPTH
     layers = {"text": clip_model.transformer.layers, "vision": clip_model.visual.transformer.layers}
     if depth > min(layers.values()):
-        raise ValueError(f"TRAINER.MAPLE.PROMPT_DEPTH {depth} exceeds the layers of {name!r} "
+        raise InvalidInputError(f"TRAINER.MAPLE.PROMPT_DEPTH {depth} exceeds the layers of {name!r} "
                          f"(text {layers['text']}, vision {layers['vision']}); use at most {min(layers.values())}")
 
 
@@ -85,10 +86,10 @@ class MaPLe(PromptTrainer):
         super().check_cfg(cfg)
         opts = cfg.TRAINER.MAPLE
         if opts.PROMPT_DEPTH < 1:
-            raise ValueError(f"TRAINER.MAPLE.PROMPT_DEPTH must be >= 1 (1 = prompts at the first layer only), "
+            raise InvalidInputError(f"TRAINER.MAPLE.PROMPT_DEPTH must be >= 1 (1 = prompts at the first layer only), "
                              f"got {opts.PROMPT_DEPTH}")
         if opts.N_CTX < 0:
-            raise ValueError(f"TRAINER.MAPLE.N_CTX must be >= 0, got {opts.N_CTX}")
+            raise InvalidInputError(f"TRAINER.MAPLE.N_CTX must be >= 0, got {opts.N_CTX}")
 
     def build_custom_clip(self, clip_model: nn.Module) -> PromptedCLIP:
         opts = self.cfg.TRAINER.MAPLE

@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 
 import clip
+from clip.errors import InvalidInputError
 from trainers.base import PromptedCLIP, PromptTrainer, load_clip_to_cpu, normalize
 from trainers.engine.registry import TRAINER_REGISTRY
 from trainers.prompts.text import clean_classname
@@ -78,7 +79,7 @@ class ZeroshotCLIP(PromptTrainer):
         self.scaler = None
 
     def train(self) -> None:
-        raise RuntimeError(f"{type(self).__name__} has nothing to train: run it with --eval-only")
+        raise InvalidInputError(f"{type(self).__name__} has nothing to train: run it with --eval-only")
 
 
 @TRAINER_REGISTRY.register()

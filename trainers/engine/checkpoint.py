@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from clip.errors import MissingInputError, UnusableFileError, UserInputError
 from datasets.io import atomic_save, atomic_write_text
 
 __all__ = ["BEST_NAME", "POINTER_NAME", "CheckpointMismatchError", "save_checkpoint", "load_checkpoint",
@@ -39,7 +40,7 @@ _EPOCH_PREFIX = "model.pth.tar-"
 _TOP_LEVEL_KEYS = ("state_dict", "epoch", "optimizer", "scheduler", "val_result")
 
 
-class CheckpointMismatchError(RuntimeError):
+class CheckpointMismatchError(UserInputError, RuntimeError):
     """A checkpoint whose tensors do not fit the module it is loaded into."""
 
 
@@ -58,7 +59,7 @@ def _latest_in_folder(folder: str) -> Optional[str]:
         with open(pointer, "r") as f:
             lines = [line.strip() for line in f if line.strip()]
         if not lines:
-            raise RuntimeError(f'The checkpoint pointer "{pointer}" is empty; expected the name of a checkpoint file')
+            raise UnusableFileError(f'The checkpoint pointer "{pointer}" is empty; expected the name of a checkpoint file')
         return os.path.join(folder, lines[0])
     if not os.path.isdir(folder):
         return None
@@ -86,7 +87,7 @@ def latest_checkpoint(directory: str, name: str) -> str:
     epochs = [int(m.group(1)) for f in (os.listdir(folder) if os.path.isdir(folder) else [])
               for m in [re.fullmatch(r"model\.pth\.tar-(\d+)", f)] if m]
     if not epochs:
-        raise FileNotFoundError(f'--load-epoch -1 asks for the latest epoch, but "{folder}" holds no '
+        raise MissingInputError(f'--load-epoch -1 asks for the latest epoch, but "{folder}" holds no '
                                 "model.pth.tar-<epoch> file")
     return os.path.join(folder, f"model.pth.tar-{max(epochs)}")
 
@@ -340,7 +341,7 @@ def load_checkpoint(path: str, map_location: Any = None) -> Dict[str, Any]:
     entry. ``map_location`` defaults to "cpu" when CUDA is unavailable.
     """
     if not os.path.isfile(path):
-        raise FileNotFoundError(f'No checkpoint file at "{path}"')
+        raise MissingInputError(f'No checkpoint file at "{path}"')
     if map_location is None and not torch.cuda.is_available():
         map_location = "cpu"
     try:
@@ -361,7 +362,7 @@ def load_checkpoint(path: str, map_location: Any = None) -> Dict[str, Any]:
                     raise
         checkpoint = _to_plain(raw, names, {})
     except Exception as exc:
-        raise RuntimeError(f'Cannot read checkpoint "{path}" (truncated, corrupt or not a PyTorch file?): '
+        raise UnusableFileError(f'Cannot read checkpoint "{path}" (truncated, corrupt or not a PyTorch file?): '
                            f"{type(exc).__name__}: {exc}") from exc
     if names:
         print(f'Note: "{path}" stores pickled Python objects ({", ".join(sorted(names))}); '
@@ -396,7 +397,7 @@ def resume_from_checkpoint(fdir: str, model: nn.Module, optimizer: Any = None, s
     returns the checkpoint (``["epoch"]`` is the epoch to continue from)."""
     path = _latest_in_folder(fdir)
     if path is None:
-        raise FileNotFoundError(f'No checkpoint to resume from in "{fdir}" (expected a "{POINTER_NAME}" file '
+        raise MissingInputError(f'No checkpoint to resume from in "{fdir}" (expected a "{POINTER_NAME}" file '
                                 f"or model.pth.tar-<epoch> files)")
     print(f'Loading checkpoint from "{path}"')
     checkpoint = load_checkpoint(path)
@@ -407,7 +408,7 @@ def resume_from_checkpoint(fdir: str, model: nn.Module, optimizer: Any = None, s
             try:
                 target.load_state_dict(checkpoint[key])
             except Exception as exc:
-                raise RuntimeError(f'Cannot restore the {label} from "{path}": {type(exc).__name__}: {exc}') from exc
+                raise UnusableFileError(f'Cannot restore the {label} from "{path}": {type(exc).__name__}: {exc}') from exc
             print(f"Loaded {label}")
     if checkpoint.get("rng_state") is not None:
         restore_rng_state(checkpoint["rng_state"])

@@ -12,11 +12,13 @@ import yaml
 from yacs.config import CfgNode as CN
 from yacs.config import _check_and_coerce_cfg_value_type
 
+from clip.errors import InvalidInputError
+
 __all__ = ["CN", "ConfigError", "get_cfg_default", "merge_from_file", "merge_from_list",
            "merge_dict", "all_keys", "register_alternative_type"]
 
 
-class ConfigError(ValueError):
+class ConfigError(InvalidInputError):
     """A config file or option that does not fit the known keys or their types."""
 
 

@@ -80,6 +80,14 @@ def setup_logger(output: str) -> str:
     return path
 
 
+def report_error(message: str) -> None:
+    """Print an error to stderr and, when a log file is open, as the log's last line."""
+    if _active is not None and sys.stdout is _active:
+        _active.file.write(message + "\n")
+        _active.file.flush()
+    print(message, file=sys.stderr, flush=True)
+
+
 def close_logger() -> None:
     """Restore the console as stdout and close the log file (no-op when no logger is active)."""
     global _active

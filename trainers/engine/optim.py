@@ -22,6 +22,8 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler, MultiStepLR, StepLR
 from yacs.config import CfgNode as CN
 
+from clip.errors import InvalidInputError
+
 __all__ = ["OPTIMIZER_NAMES", "SCHEDULER_NAMES", "WARMUP_TYPES", "WarmupScheduler",
            "build_optimizer", "build_lr_scheduler"]
 
@@ -35,7 +37,7 @@ def _check_choice(key: str, value: Any, choices: Sequence[str]) -> None:
         return
     close = difflib.get_close_matches(str(value).lower(), choices, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise ValueError(f"{key} must be one of {', '.join(choices)}; got {value!r}.{hint}")
+    raise InvalidInputError(f"{key} must be one of {', '.join(choices)}; got {value!r}.{hint}")
 
 
 def _betas(cfg: CN) -> tuple[float, float]:
@@ -214,7 +216,7 @@ def _build_successor(optimizer: Optimizer, cfg: CN) -> LRScheduler:
     if cfg.LR_SCHEDULER == "single_step":
         if isinstance(stepsize, (list, tuple)):
             if not stepsize:
-                raise ValueError("OPTIM.STEPSIZE is empty; single_step needs a step size")
+                raise InvalidInputError("OPTIM.STEPSIZE is empty; single_step needs a step size")
             stepsize = stepsize[-1]
         if not isinstance(stepsize, int) or isinstance(stepsize, bool):
             raise TypeError("OPTIM.STEPSIZE for single_step must be an int (or a list ending in "

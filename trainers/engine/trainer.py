@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+from clip.errors import InvalidInputError, MissingInputError
 from datasets.manager import DataManager
 from trainers.engine.checkpoint import (BEST_NAME, CheckpointMismatchError, capture_rng_state, checkpoint_path,
                                         latest_checkpoint, load_checkpoint, load_state_dict_checked,
@@ -271,7 +272,7 @@ class TrainerX:
             path = latest_checkpoint(directory, name) if epoch is not None and epoch < 0 else \
                 checkpoint_path(directory, name, epoch)
             if not os.path.exists(path):
-                raise FileNotFoundError(f'Model not found at "{path}"')
+                raise MissingInputError(f'Model not found at "{path}"; {_folder_contents(os.path.dirname(path))}')
             checkpoint = load_checkpoint(path)
             print(f'Loading weights to {name} from "{path}" (epoch = {checkpoint.get("epoch")})')
             self.load_learned_weights(name, checkpoint["state_dict"], path)
@@ -331,7 +332,7 @@ class TrainerX:
     def check_model_selection(self) -> None:
         """``TEST.FINAL_MODEL best_val`` selects on the validation split: there must be one."""
         if self.cfg.TEST.FINAL_MODEL == "best_val" and not self.cfg.TEST.NO_TEST and self.val_loader is None:
-            raise ValueError(f"TEST.FINAL_MODEL best_val selects the model on the validation set, but "
+            raise InvalidInputError(f"TEST.FINAL_MODEL best_val selects the model on the validation set, but "
                              f"{self.cfg.DATASET.NAME} has none in this run (DATASET.NUM_SHOTS "
                              f"{self.cfg.DATASET.NUM_SHOTS}); set TEST.FINAL_MODEL last_step")
 
@@ -506,7 +507,7 @@ class TrainerX:
         split = split or self.cfg.TEST.SPLIT
         if split == "val":
             if self.val_loader is None:
-                raise ValueError(f"Asked to evaluate on the validation set (TEST.SPLIT or TEST.FINAL_MODEL "
+                raise InvalidInputError(f"Asked to evaluate on the validation set (TEST.SPLIT or TEST.FINAL_MODEL "
                                  f"best_val), but {self.cfg.DATASET.NAME} has none in this run")
             loader = self.val_loader
         else:
@@ -533,3 +534,15 @@ class TrainerX:
 def _listed(keys: List[str], limit: int = 8) -> str:
     more = f" ... (+{len(keys) - limit} more)" if len(keys) > limit else ""
     return ", ".join(keys[:limit]) + more
+
+
+def _folder_contents(folder: str) -> str:
+    """What a checkpoint folder holds, for "not found" messages (pass --load-epoch N for model.pth.tar-N)."""
+    if not os.path.isdir(folder):
+        parent = os.path.dirname(folder)
+        if not os.path.isdir(parent):
+            return f'the run folder "{parent}" does not exist'
+        return f'"{parent}" holds no {os.path.basename(folder)}/ folder (is it a run of this trainer?); it has: ' + \
+            (", ".join(sorted(os.listdir(parent))) or "nothing")
+    files = sorted(f for f in os.listdir(folder) if f.startswith("model"))
+    return f'"{folder}" holds: {", ".join(files) if files else "no checkpoint files"}'

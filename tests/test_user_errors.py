@@ -1,0 +1,108 @@
+"""Mistakes in a user's input end train.py with one short message naming the path or key, a
+non-zero exit status and no traceback; --debug shows the traceback."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import train
+from clip.errors import UserInputError
+from trainers.engine.logger import close_logger
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--seed", "1", "--trainer", "CoOp", "--config-file", "configs/trainers/CoOp/tiny_vit_b16_ep10.yaml"]
+SYNTHETIC = ["--dataset-config-file", "configs/datasets/synthetic.yaml"]
+
+
+def run_cli(*argv: str, env: dict = None):
+    """train.py in a subprocess: (exit status, stdout + stderr)."""
+    result = subprocess.run([sys.executable, "train.py", *argv], cwd=REPO, capture_output=True, text=True,
+                            env={**os.environ, **(env or {})}, timeout=600)
+    return result.returncode, result.stdout + result.stderr
+
+
+def run_in_process(capsys, *argv: str):
+    try:
+        code = train.main(list(argv))
+    finally:
+        close_logger()
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def assert_reported(code: int, output: str, *names: str) -> None:
+    assert code == train.EXIT_INPUT_ERROR, output[-2000:]
+    assert "Traceback" not in output, output[-3000:]
+    last = output.strip().splitlines()[-1]
+    assert last.startswith("Error: "), last
+    for name in names:
+        assert name in last, (name, last)
+
+
+def test_missing_data_root_and_empty_data_set_folder(capsys, tmp_path):
+    missing = str(tmp_path / "nowhere")
+    assert_reported(*run_in_process(capsys, *TINY, "--root", missing, "--output-dir", str(tmp_path / "a"),
+                                    "--dataset-config-file", "configs/datasets/oxford_pets.yaml"),
+                    os.path.join(missing, "oxford_pets"))
+    (tmp_path / "data" / "oxford_pets").mkdir(parents=True)
+    assert_reported(*run_in_process(capsys, *TINY, "--root", str(tmp_path / "data"), "--output-dir",
+                                    str(tmp_path / "b"), "--dataset-config-file", "configs/datasets/oxford_pets.yaml"),
+                    "split_zhou_OxfordPets.json")
+
+
+def test_typo_in_trainer_and_config_key(capsys, data_root, tmp_path):
+    code, out = run_in_process(capsys, *TINY[:2], "--trainer", "Coop", "--root", data_root, *SYNTHETIC,
+                               "--output-dir", str(tmp_path / "a"))
+    assert code == 2 and "Traceback" not in out and "CoOp" in out.strip().splitlines()[-1]
+    assert_reported(*run_in_process(capsys, *TINY, "--root", data_root, *SYNTHETIC, "--output-dir",
+                                    str(tmp_path / "b"), "TRAINER.COOP.NCTX", "4"), "TRAINER.COOP.N_CTX")
+
+
+def test_eval_only_with_a_model_dir_that_does_not_exist(capsys, data_root, tmp_path):
+    missing = str(tmp_path / "no_run")
+    assert_reported(*run_in_process(capsys, *TINY, "--root", data_root, *SYNTHETIC, "--output-dir",
+                                    str(tmp_path / "out"), "--eval-only", "--model-dir", missing), missing)
+
+
+def test_corrupt_test_image_names_the_file_and_split_also_from_a_worker(data_root, tmp_path):
+    root = tmp_path / "data"
+    assert train.main(["--root", data_root, *SYNTHETIC, "--verify-data"]) == 0  # also generates it on first use
+    shutil.copytree(os.path.join(data_root, "synthetic"), root / "synthetic")
+    split = json.load(open(root / "synthetic" / "split_zhou_Synthetic.json"))
+    bad = root / "synthetic" / "images" / split["test"][0][0]
+    bad.write_bytes(b"not an image")
+    code, out = run_cli(*TINY, "--root", str(root), *SYNTHETIC, "--output-dir", str(tmp_path / "out"), "--eval-only",
+                        "DATALOADER.NUM_WORKERS", "1", "TRAINER.COOP.PREC", "fp32")
+    assert_reported(code, out, str(bad), "test split")
+
+    code, out = run_cli(*TINY, "--root", str(root), *SYNTHETIC, "--verify-data")
+    assert code == train.EXIT_INPUT_ERROR and f"Unreadable image: {bad} (Synthetic test)" in out
+    assert "1 unreadable image(s)" in out
+
+
+def test_truncated_clip_file_names_the_file_and_debug_shows_the_traceback(tmp_path, data_root):
+    clip_file = tmp_path / "ViT-B-16.pt"
+    clip_file.write_bytes(b"\x80\x02truncated")
+    args = [*TINY, "--root", data_root, *SYNTHETIC, "--output-dir", str(tmp_path / "out"),
+            "MODEL.BACKBONE.PATH", str(clip_file)]
+    assert_reported(*run_cli(*args), str(clip_file))
+    code, out = run_cli(*args, env={"VLPROMPT_DEBUG": "1"})
+    assert code != 0 and "Traceback" in out and "UnusableFileError" in out
+
+
+def test_bugs_keep_their_traceback(monkeypatch, data_root, tmp_path):
+    def broken(cfg):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(train, "build_trainer", broken)
+    with pytest.raises(KeyError):
+        try:
+            train.main([*TINY, "--root", data_root, *SYNTHETIC, "--output-dir", str(tmp_path)])
+        finally:
+            close_logger()
+    assert not issubclass(KeyError, UserInputError)
