@@ -26,6 +26,7 @@ from trainers.engine.config import get_cfg_default, merge_from_file, merge_from_
 from trainers.engine.logger import report_error, setup_logger
 from trainers.engine.registry import TRAINER_REGISTRY, build_trainer, extend_cfg
 from trainers.engine.results import write_results
+from trainers.engine.trainer import TrainingStopped
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -154,6 +155,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return run(args)
+    except TrainingStopped as exc:
+        report_error(str(exc))
+        return 128 + exc.signum
     except UserInputError as exc:
         if args.debug or os.environ.get("VLPROMPT_DEBUG") == "1":
             raise

@@ -165,3 +165,38 @@ def test_amp_evaluation_encodes_the_text_cache_under_autocast(data_root, tmp_pat
         torch.testing.assert_close(trainer.model._text_cache, expected)
     finally:
         trainer.end_evaluation()
+
+
+def test_sigterm_stops_with_a_checkpoint_and_the_same_command_continues_exactly(run_train, data_root, tmp_path,
+                                                                                 monkeypatch):
+    import re
+    import signal
+
+    args = TINY_COOP + ["--root", data_root, "--seed", "1", "TRAINER.COOP.N_CTX", "4", "DATASET.NUM_SHOTS", "8",
+                        "OPTIM.MAX_EPOCH", "3", "DATALOADER.TRAIN_X.BATCH_SIZE", "8", "TRAIN.PRINT_FREQ", "1"]
+
+    def losses(log: str) -> List[float]:
+        return [float(m) for m in re.findall(r" loss ([\d.]+) \(", log)]
+
+    code, log_full = run_train(*args, output_dir=str(tmp_path / "full"))
+    assert code == 0
+    steps = []
+
+    def terminate_at_step_7(self) -> None:
+        steps.append(1)
+        if len(steps) == 7:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    stopped = str(tmp_path / "stopped")
+    with monkeypatch.context() as patch:
+        patch.setattr(CoOp, "after_step", terminate_at_step_7)
+        code, log_stopped = run_train(*args, output_dir=stopped)
+    assert code == 128 + signal.SIGTERM
+    assert "Received SIGTERM" in log_stopped and "run the same command to continue" in log_stopped
+    assert os.path.isfile(os.path.join(stopped, "prompt_learner", "model-stopped.pth.tar"))
+    code, log_resumed = run_train(*args, output_dir=stopped)
+    assert code == 0 and "after batch" in log_resumed
+    done = losses(log_stopped)
+    assert len(done) == 7 and done + losses(log_resumed) == losses(log_full)
+    accuracy = re.compile(r"\* accuracy: ([\d.]+)%")
+    assert accuracy.findall(log_resumed)[-1] == accuracy.findall(log_full)[-1]

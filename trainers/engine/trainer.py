@@ -15,10 +15,12 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import signal
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -28,7 +30,7 @@ from clip.errors import InvalidInputError, MissingInputError
 from datasets.manager import DataManager
 from trainers.engine.checkpoint import (BEST_NAME, CheckpointMismatchError, capture_rng_state, checkpoint_path,
                                         latest_checkpoint, load_checkpoint, load_state_dict_checked,
-                                        resume_from_checkpoint, save_checkpoint)
+                                        restore_rng_state, resume_from_checkpoint, save_checkpoint)
 from trainers.engine.evaluator import Classification
 from trainers.engine.logger import make_writer, write_scalar
 from trainers.engine.meters import AverageMeter, MetricMeter
@@ -40,6 +42,18 @@ def compute_accuracy(output: torch.Tensor, target: torch.Tensor, topk: Sequence[
     pred = output.topk(maxk, 1, True, True)[1].t()
     correct = pred.eq(target.view(1, -1).expand_as(pred))
     return [correct[:k].reshape(-1).float().sum(0, keepdim=True) * (100.0 / target.size(0)) for k in topk]
+
+
+#: checkpoint file of a run stopped by SIGTERM/SIGINT (the pointer file names it until the next save)
+STOPPED_NAME = "model-stopped.pth.tar"
+
+
+class TrainingStopped(Exception):
+    """A run stopped on a signal after writing a resumable checkpoint; ``signum`` is the signal."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum = signum
 
 
 @dataclass
@@ -215,7 +229,10 @@ class TrainerX:
                 "method": self.state_dict()}
 
     def save_model(self, epoch: int, directory: str, is_best: bool = False,
-                   val_result: Optional[float] = None, model_name: str = "") -> None:
+                   val_result: Optional[float] = None, model_name: str = "",
+                   position: Optional[Dict[str, Any]] = None) -> None:
+        """Save every registered module as ``<directory>/<name>/``; ``epoch`` is the 0-based epoch
+        last completed, ``position`` where inside the next epoch a stopped run continues."""
         rng_state = capture_rng_state()
         trainer_state = self.trainer_state()
         for name in self.get_model_names():
@@ -228,6 +245,7 @@ class TrainerX:
                 "val_result": val_result,
                 "rng_state": rng_state,
                 "trainer_state": trainer_state,
+                "position": position,
             }, os.path.join(directory, name), is_best=is_best, model_name=model_name)
 
     def resume_model_if_exist(self, directory: str) -> int:
@@ -241,6 +259,9 @@ class TrainerX:
             checkpoint = resume_from_checkpoint(os.path.join(directory, name), self._models[name],
                                                 self._optims[name], self._scheds[name])
         self.restore_trainer_state(checkpoint.get("trainer_state"), directory)
+        self._resume_position = checkpoint.get("position")
+        if self._resume_position is not None:
+            print(f"Continuing epoch {checkpoint['epoch'] + 1} after batch {self._resume_position['batch']}")
         return checkpoint["epoch"]
 
     def restore_trainer_state(self, state: Optional[Mapping[str, Any]], directory: str) -> None:
@@ -315,12 +336,60 @@ class TrainerX:
 
     # ----- the loop ---------------------------------------------------------------------
     def train(self) -> None:
-        self.before_train()
-        for self.epoch in range(self.start_epoch, self.max_epoch):
-            self.before_epoch()
-            self.run_epoch()
-            self.after_epoch()
+        with self.stop_on_signals():
+            self.before_train()
+            for self.epoch in range(self.start_epoch, self.max_epoch):
+                self.before_epoch()
+                self.run_epoch()
+                self.after_epoch()
         self.after_train()
+
+    @contextlib.contextmanager
+    def stop_on_signals(self) -> Iterator[None]:
+        """SIGTERM (SLURM's notice before a kill) and SIGINT (Ctrl-C) stop the run after the current
+        iteration with a resumable checkpoint; a second Ctrl-C stops at once."""
+        self._stop_signal: Optional[int] = None
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def request_stop(signum: int, frame: Any) -> None:
+            if self._stop_signal is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self._stop_signal = signum
+            print(f"\nReceived {signal.Signals(signum).name}: stopping after this iteration with a resumable "
+                  "checkpoint (Ctrl-C again stops at once)", flush=True)
+
+        previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def stop_if_requested(self) -> None:
+        """After an iteration: on a stop request, save where the run is and raise ``TrainingStopped``."""
+        if self._stop_signal is None:
+            return
+        position = {"batch": self.batch_idx + 1, "epoch_rng": self._epoch_rng}
+        self.save_model(self.epoch - 1, self.output_dir, model_name=STOPPED_NAME, position=position)
+        raise TrainingStopped(self._stop_signal, f"Stopped at epoch {self.epoch + 1}, batch {self.batch_idx + 1} "
+                                                 f"of {self.num_batches}; run the same command to continue")
+
+    def train_batches(self) -> Iterator[Tuple[int, dict]]:
+        """The epoch's batches; a resumed stopped run replays its epoch's order and skips the batches done."""
+        self._epoch_rng = capture_rng_state()
+        position, self._resume_position = getattr(self, "_resume_position", None), None
+        if position is None:
+            yield from enumerate(self.train_loader_x)
+            return
+        stopped_rng, self._epoch_rng = self._epoch_rng, position["epoch_rng"]
+        restore_rng_state(self._epoch_rng)
+        batches = iter(self.train_loader_x)
+        for _ in range(position["batch"]):
+            next(batches)
+        restore_rng_state(stopped_rng)
+        yield from enumerate(batches, start=position["batch"])
 
     def before_train(self) -> None:
         self.check_model_selection()
@@ -346,7 +415,7 @@ class TrainerX:
         self.num_batches = len(self.train_loader_x)
         print_freq = self.cfg.TRAIN.PRINT_FREQ
         end = time.time()
-        for self.batch_idx, batch in enumerate(self.train_loader_x):
+        for self.batch_idx, batch in self.train_batches():
             data_time.update(time.time() - end)
             loss_summary = self.forward_backward(batch)
             batch_time.update(time.time() - end)
@@ -371,6 +440,7 @@ class TrainerX:
                 for name, value in self.last_loss_terms.items():
                     write_scalar(self._writer, "train/loss_" + name, value, step)
             write_scalar(self._writer, "train/lr", self.get_current_lr(), step)
+            self.stop_if_requested()
             end = time.time()
 
     def after_epoch(self) -> None:
