@@ -37,6 +37,7 @@ class Task:
     num_classes: int
     template: str
     class_offset: int = 0  # where this task's classes start in the concatenation of all tasks' classes
+    metric: str = "accuracy"  # the evaluator's per-task metric (a METRIC_REGISTRY name), named by the data set
 
 
 def read_image(path: str, split: str = "") -> Image.Image:
@@ -179,7 +180,8 @@ class DataManager:
         offsets = [sum(d.num_classes for d in self.datasets[:t]) for t in range(len(names))]
         self.tasks: List[Task] = [
             Task(index=t, name=name, classnames=list(d.classnames), lab2cname=dict(d.lab2cname),
-                 num_classes=d.num_classes, template=d.template, class_offset=offsets[t])
+                 num_classes=d.num_classes, template=d.template, class_offset=offsets[t],
+                 metric=getattr(d, "metric", "accuracy"))
             for t, (name, d) in enumerate(zip(names, self.datasets))]
 
         if custom_tfm_train is None:

@@ -61,6 +61,14 @@ def test_multi_task_batches_mix_tasks_with_local_labels(tmp_path):
     assert max(labels[80:]) == 5
 
 
+def test_a_data_set_names_its_tasks_metric(tmp_path, monkeypatch):
+    """The evaluator scores each task by the metric its data set names (accuracy when it names none)."""
+    from datasets.synthetic import SyntheticB
+    monkeypatch.setattr(SyntheticB, "metric", "mean_per_class", raising=False)
+    dm = DataManager(_cfg(tmp_path, "Synthetic, SyntheticB"))
+    assert [t.metric for t in dm.tasks] == ["accuracy", "mean_per_class"]
+
+
 def test_shuffling_follows_torch_global_seed(tmp_path):
     dm = DataManager(_cfg(tmp_path, "Synthetic", batch=4))
 

@@ -50,8 +50,6 @@ def coop_summary(directory, values, spread):
 def test_training_logs_match_coop_output(tmp_path, capsys):
     values = [70.1, 72.3, 74.0]
     d = make_runs(tmp_path / "exp", {f"seed{i + 1}": train_log(v) for i, v in enumerate(values)})
-    # A rerun's log (log.txt-<time>) is ignored, as in CoOp.
-    (tmp_path / "exp" / "seed1" / "log.txt-2024-01-01-00-00-00").write_text(train_log(99.0))
     [summary] = parse_test_res.main([d])
     out = capsys.readouterr().out.splitlines()
     expected = coop_summary(d, values, np.std(values))
@@ -139,12 +137,97 @@ def test_multi_exp(tmp_path, capsys):
     assert out[i - 2] == "* accuracy: 70.00% +- 0.00%"
 
 
-def test_every_entry_needs_a_log(tmp_path, capsys):
-    d = make_runs(tmp_path / "exp", {"seed1": train_log(70.0)})
+def test_folders_without_a_number_are_named_with_the_reason(tmp_path, capsys):
+    d = make_runs(tmp_path / "exp", {
+        "seed1": train_log(70.0),
+        "seed3": "epoch [1/2] batch [1/1] loss 1.0\nEvaluate on the *val* set\n" + result_block(11.1),  # crashed
+        "seed4": "Finished training\nFinish training\nElapsed: 0:00:05\n",  # NO_TEST run
+    })
     (tmp_path / "exp" / "seed2").mkdir()
-    (tmp_path / "exp" / ".hidden").mkdir()  # hidden entries are skipped
-    with pytest.raises(AssertionError, match="seed2"):
-        parse_test_res.main([d])
+    (tmp_path / "exp" / "notes.txt").write_text("")
+    (tmp_path / "exp" / ".hidden").mkdir()  # hidden entries are not runs
+    [summary] = parse_test_res.main([d])
+    assert summary.values == [70.0]
+    why = {os.path.basename(folder): reason for folder, reason in summary.skipped}
+    assert why == {
+        "notes.txt": "not a run folder",
+        "seed2": "no results.json and no log.txt",
+        "seed3": "unfinished run: no 'Finish training' or 'Finished training' line in log.txt "
+                 "(eval-only runs need --test-log)",
+        "seed4": "no '* accuracy: <x>%' line after 'Finish training' in log.txt",
+    }
+    out = capsys.readouterr().out.splitlines()
+    assert out[1:5] == [f"skipped {os.path.join(d, name)}: {why[name]}" for name in sorted(why)]
+    assert out[5] == f"file: {os.path.join(d, 'seed1', 'log.txt')}. accuracy: 70.00%. "
+
+
+def test_resumed_run_reads_its_newest_log(tmp_path, capsys):
+    """A resumed run logs to log.txt-<time>: that log counts, ordered by the time in its name, not mtime."""
+    d = make_runs(tmp_path / "exp", {"seed1": train_log(70.0), "seed2": train_log(72.0)})
+    seed2 = tmp_path / "exp" / "seed2"
+    (seed2 / "log.txt-2024-01-01-00-00-00-1").write_text(train_log(73.0))  # the same second, second rerun
+    (seed2 / "log.txt-2024-01-01-00-00-00").write_text(train_log(99.0))
+    (seed2 / "log.txt").write_text("epoch [1/2] batch [1/1] loss 1.0\n")  # the interrupted first run
+    [summary] = parse_test_res.main([d])
+    assert summary.values == [70.0, 73.0] and summary.skipped == []
+    assert f"file: {seed2 / 'log.txt-2024-01-01-00-00-00-1'}. accuracy: 73.00%. " in capsys.readouterr().out
+
+
+def test_an_interrupted_rerun_is_named(tmp_path, capsys):
+    d = make_runs(tmp_path / "exp", {"seed1": train_log(70.0), "seed2": train_log(72.0)})
+    (tmp_path / "exp" / "seed2" / "log.txt-2024-01-01-00-00-00").write_text("epoch [1/2] batch [1/1] loss 1.0\n")
+    [summary] = parse_test_res.main([d, "--test-log"])
+    assert summary.values == [70.0]
+    assert summary.skipped == [(os.path.join(d, "seed2"),
+                                "unfinished run: no '=> result' line in log.txt-2024-01-01-00-00-00")]
+
+
+def results_cfg(seed: int) -> CN:
+    return CN({"SEED": seed, "TRAINER": {"NAME": "CoOp"},
+               "DATASET": {"NAME": "Caltech101,OxfordPets", "NUM_SHOTS": 16, "SUBSAMPLE_CLASSES": "all"},
+               "MODEL": {"BACKBONE": {"NAME": "ViT-B/16"}}, "TEST": {"SPLIT": "test"}})
+
+
+def multi_task_results(a: float, b: float) -> dict:
+    """What the evaluator returns for two tasks, Caltech101 scored by mean per-class accuracy."""
+    return {"overall_metric": (a - 1 + b) / 2, "accuracy": (a + b) / 2, "error_rate": 100 - (a + b) / 2,
+            "Caltech101/accuracy": a, "Caltech101/mean_per_class": a - 1, "Caltech101/metric": a - 1,
+            "OxfordPets/accuracy": b, "OxfordPets/metric": b}
+
+
+def test_results_json_comes_first(tmp_path, capsys):
+    d = make_runs(tmp_path / "exp", {"seed1": train_log(10.0), "seed2": train_log(20.0)})
+    for seed, (a, b) in ((1, (91.25, 80.5)), (2, (93.0, 84.5))):
+        write_results(os.path.join(d, f"seed{seed}"), multi_task_results(a, b), results_cfg(seed))
+    [summary] = parse_test_res.main([d])
+    assert summary.values == [85.875, 88.75]  # not the logs' 10 and 20, nor rounded to one decimal
+    assert dict(summary.per_task) == {"Caltech101": [91.25, 93.0], "OxfordPets": [80.5, 84.5]}
+    assert f"file: {os.path.join(d, 'seed1', 'results.json')}. accuracy: 85.88%. " in capsys.readouterr().out
+
+    [summary] = parse_test_res.main([d, "--keyword", "error"])  # printed "* error", stored "error_rate"
+    assert summary.values == [14.125, 11.25]
+    [summary] = parse_test_res.main([d, "--keyword", "overall_metric"])  # each task by its own metric
+    assert summary.values == [(90.25 + 80.5) / 2, (92.0 + 84.5) / 2]
+    assert dict(summary.per_task) == {"Caltech101": [90.25, 92.0], "OxfordPets": [80.5, 84.5]}
+    # A keyword results.json does not hold (here macro_f1) comes from the log.
+    [summary] = parse_test_res.main([d, "--keyword", "macro_f1"])
+    assert summary.values == [9.0, 19.0]
+
+
+def test_rerun_results_json_wins_and_log_fallback(tmp_path, capsys):
+    d = make_runs(tmp_path / "exp", {"seed2": train_log(20.0)})
+    (tmp_path / "exp" / "seed1").mkdir()
+    first = write_results(os.path.join(d, "seed1"), {"accuracy": 50.0}, results_cfg(1))
+    second = write_results(os.path.join(d, "seed1"), {"accuracy": 60.0}, results_cfg(1))
+    assert os.path.basename(first) == "results.json" and second != first
+    os.utime(first)  # a newer modification time does not make the first run's file the newest
+    [summary] = parse_test_res.main([d])
+    assert summary.files == [second, os.path.join(d, "seed2", "log.txt")] and summary.values == [60.0, 20.0]
+    capsys.readouterr()
+    [summary] = parse_test_res.main([d, "--keyword", "macro_f1"])
+    assert summary.values == [19.0]
+    assert f"skipped {os.path.join(d, 'seed1')}: {os.path.basename(second)} has no 'macro_f1' and no log.txt" \
+        in capsys.readouterr().out
 
 
 def test_runs_as_a_script(tmp_path):

@@ -139,6 +139,7 @@ def get_cfg_default() -> CN:
     _C.TEST.SPLIT = "test"
     _C.TEST.FINAL_MODEL = "last_step"
     _C.TEST.SAVE_PREDICTIONS = False  # write predictions.csv (one row per test image)
+    _C.TEST.PER_TASK_RESULT = False  # SoftCPT's per-task lines ("* task: i (name)\ttotal: n\tmetric: x%")
 
     _C.TRAINER = CN()
     _C.TRAINER.NAME = ""

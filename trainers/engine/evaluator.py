@@ -1,22 +1,35 @@
-"""Dassl's ``Classification`` evaluator, for one task or several tasks evaluated together.
+"""Evaluators chosen by ``TEST.EVALUATOR``, and the per-task metrics a data set can name.
 
-The printed block is Dassl's, line for line, because result parsers read it (``* accuracy: x%``
-after ``Finish training`` / ``=> result``). Multi-task runs print one block per task, headed by
-``=> task: <name>``, and then a final ``=> result`` block holding the mean over tasks, so every
-parser that keeps the last ``* accuracy`` line gets the mean.
+Single-task runs print Dassl's ``Classification`` block line for line, because result parsers
+read it (``* accuracy: x%`` after ``Finish training`` / ``=> result``). Multi-task runs print one
+block per task, headed by ``=> task: <name>`` and holding that task's own counts, then a final
+``=> result`` block with the unweighted mean over tasks, so every parser that keeps the last
+``* accuracy`` line gets the mean. That block ends with SoftCPT's lines (``* overall_metric``; with
+``TEST.PER_TASK_RESULT`` also ``* task: i (name)`` per task and ``* average``), which its
+``parse_test_res.py --keyword overall_metric`` reads.
+
+Each task is scored by the metric its data set names (``Task.metric``, a ``METRIC_REGISTRY`` entry);
+the unweighted mean of those scores is ``overall_metric``, the value model selection uses unless
+``DATASET.MULTITASK_EVALKEY`` (MVLPT) names one task.
 """
 from __future__ import annotations
 
 import csv
 import os
 from collections import OrderedDict
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
 from datasets.io import atomic_open, atomic_save
+from datasets.registry import Registry
 
-__all__ = ["Classification", "macro_f1_score"]
+if TYPE_CHECKING:
+    from datasets.manager import Task
+
+__all__ = ["Classification", "ClassificationMT", "EVALUATOR_REGISTRY", "METRIC_REGISTRY", "Metric",
+           "accuracy", "build_evaluator", "macro_f1_score", "mean_per_class_accuracy"]
 
 Logits = Union[torch.Tensor, Sequence[torch.Tensor]]
 
@@ -37,17 +50,63 @@ def macro_f1_score(y_true: torch.Tensor, y_pred: torch.Tensor) -> float:
     return float((2 * tp[present] / (n_true[present] + n_pred[present])).mean())
 
 
+def accuracy(scores: torch.Tensor, targets: torch.Tensor) -> float:
+    """Fraction of rows whose highest score is the target class."""
+    return float((scores.argmax(dim=1) == targets).double().mean())
+
+
+def mean_per_class_accuracy(scores: torch.Tensor, targets: torch.Tensor) -> float:
+    """Recall averaged over the classes present in ``targets`` (scikit-learn's balanced accuracy).
+
+    Classes without test rows are left out, where SoftCPT's ``mean_acc`` would give NaN.
+    """
+    preds = scores.argmax(dim=1)
+    hits = torch.bincount(targets[preds == targets], minlength=scores.shape[1]).double()
+    counts = torch.bincount(targets, minlength=scores.shape[1]).double()
+    present = counts > 0
+    return float((hits[present] / counts[present]).mean())
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A per-task metric ``fn(scores [N, C], targets [N]) -> fraction in [0, 1]``.
+
+    An ``argmax_only`` metric is given one-hot predictions as scores, so the evaluator need not
+    keep the logits of its tasks (an ImageNet test set would be 50,000 x 1,000 floats).
+    """
+
+    fn: Callable[[torch.Tensor, torch.Tensor], float]
+    argmax_only: bool = False
+
+
+METRIC_REGISTRY = Registry("metric")
+# The aliases are the names SoftCPT's (overall_acc, mean_acc) and ELEVATER's data sets use.
+METRIC_REGISTRY.register(Metric(accuracy, argmax_only=True), name="accuracy", aliases=("overall_acc",))
+METRIC_REGISTRY.register(Metric(mean_per_class_accuracy, argmax_only=True), name="mean_per_class",
+                         aliases=("mean_acc", "mean-per-class"))
+
+EVALUATOR_REGISTRY = Registry("evaluator")
+
+
+@EVALUATOR_REGISTRY.register
 class Classification:
-    """Accumulate predictions batch by batch and report accuracy, error and macro-F1.
+    """Accumulate predictions batch by batch and report accuracy, error, macro-F1 and each task's metric.
 
     ``task_names``/``lab2cnames``: one name and one ``{label: classname}`` map per task (a bare
-    string and map for a single task). Labels are task-local. ``compute_cmat`` and
-    ``save_predictions`` write ``cmat.pt`` and ``predictions.csv`` into ``output_dir``.
+    string and map for a single task). Labels are task-local. ``metrics``: one ``METRIC_REGISTRY``
+    name per task (default: accuracy). ``select_by``: ``"average"`` or a task name, which multi-task
+    score ``evaluate()`` returns first. ``per_task_result`` adds SoftCPT's per-task lines.
+    ``compute_cmat`` and ``save_predictions`` write ``cmat.pt`` and ``predictions.csv`` into ``output_dir``.
     """
+
+    #: whether a single-task run also prints SoftCPT's lines (multi-task runs always do)
+    softcpt_lines_for_one_task = False
 
     def __init__(self, task_names: Union[str, Sequence[str]],
                  lab2cnames: Union[Mapping[int, str], Sequence[Mapping[int, str]]], per_class: bool = False,
-                 compute_cmat: bool = False, output_dir: Optional[str] = None, save_predictions: bool = False) -> None:
+                 compute_cmat: bool = False, output_dir: Optional[str] = None, save_predictions: bool = False,
+                 metrics: Optional[Sequence[str]] = None, select_by: str = "average",
+                 per_task_result: bool = False) -> None:
         if isinstance(task_names, str):
             task_names = [task_names]
         if isinstance(lab2cnames, Mapping):
@@ -55,16 +114,33 @@ class Classification:
         if len(task_names) != len(lab2cnames) or not task_names:
             raise ValueError(f"Expected one label-to-classname map per task; got {len(task_names)} task names "
                              f"and {len(lab2cnames)} maps")
+        metrics = list(metrics) if metrics is not None else ["accuracy"] * len(task_names)
+        if len(metrics) != len(task_names):
+            raise ValueError(f"Expected one metric name per task; got {len(metrics)} for {len(task_names)} tasks")
         if (compute_cmat or save_predictions) and not output_dir:
             raise ValueError("compute_cmat and save_predictions need an output_dir to write into")
+        if select_by != "average" and select_by not in task_names:
+            raise ValueError(f'Model selection by "{select_by}" (DATASET.MULTITASK_EVALKEY): expected "average" '
+                             f"or a task name, one of {list(task_names)}")
         self.task_names = list(task_names)
         self.lab2cnames = [dict(m) for m in lab2cnames]
         self.num_classes = torch.tensor([len(m) for m in self.lab2cnames])
+        self.metric_names = [self._resolve_metric(name, task) for name, task in zip(metrics, self.task_names)]
+        self.metrics = [METRIC_REGISTRY.get(name) for name in self.metric_names]
+        self.select_by = select_by
+        self.per_task_result = per_task_result
         self.per_class = per_class
         self.compute_cmat = compute_cmat
         self.output_dir = output_dir
         self.save_predictions = save_predictions
         self.reset()
+
+    @staticmethod
+    def _resolve_metric(name: str, task: str) -> str:
+        try:
+            return METRIC_REGISTRY.resolve(name)
+        except KeyError as exc:
+            raise ValueError(f'Task "{task}": {exc.args[0]}') from None
 
     @property
     def multi_task(self) -> bool:
@@ -76,6 +152,7 @@ class Classification:
         self._preds: List[torch.Tensor] = []
         self._logits: List[torch.Tensor] = []
         self._impaths: List[str] = []
+        self._task_scores: List[List[torch.Tensor]] = [[] for _ in self.task_names]
 
     def process(self, logits: Logits, labels: torch.Tensor, tasks: Optional[torch.Tensor] = None,
                 impaths: Optional[Sequence[str]] = None) -> None:
@@ -97,14 +174,13 @@ class Classification:
                 raise ValueError(f"Expected logits of shape [{n}, classes] for {n} labels; got {list(logits.shape)}")
             widths = torch.full((n,), logits.shape[1], dtype=torch.long)
             preds = logits.detach().argmax(dim=1).cpu()
-            rows = list(logits.detach().float().cpu()) if self.save_predictions else []
+            rows: Sequence[torch.Tensor] = logits.detach()
         else:
             rows = [torch.as_tensor(r).detach().view(-1) for r in logits]
             if len(rows) != n:
                 raise ValueError(f"Got {len(rows)} logit rows for {n} labels")
             widths = torch.tensor([r.numel() for r in rows], dtype=torch.long)
             preds = torch.tensor([int(r.argmax()) for r in rows], dtype=torch.long)
-            rows = [r.float().cpu() for r in rows] if self.save_predictions else []
         if tasks.numel() != n:
             raise ValueError(f"Got {tasks.numel()} task indices for {n} labels")
         self._check_rows(tasks, labels, widths)
@@ -113,8 +189,15 @@ class Classification:
         self._tasks.append(tasks)
         self._labels.append(labels)
         self._preds.append(preds)
-        self._logits.extend(rows)
         self._impaths.extend(impaths if impaths is not None else [""] * n)
+        scored = [not self.metrics[t].argmax_only for t in tasks.tolist()]
+        if self.save_predictions or any(scored):
+            rows = [r.float().cpu() for r in rows]
+            if self.save_predictions:
+                self._logits.extend(rows)
+            for row, t, keep in zip(rows, tasks.tolist(), scored):
+                if keep:
+                    self._task_scores[t].append(row)
 
     def _check_rows(self, tasks: torch.Tensor, labels: torch.Tensor, widths: torch.Tensor) -> None:
         bad_task = (tasks < 0) | (tasks >= len(self.task_names))
@@ -131,57 +214,90 @@ class Classification:
     # ----- reporting -----------------------------------------------------------------------------
 
     def evaluate(self) -> "OrderedDict[str, float]":
-        """Print the result block(s) and return the metrics (``accuracy`` first; task means when multi-task)."""
+        """Print the result block(s) and return the metrics, the model-selection score first.
+
+        One task: Dassl's keys (``accuracy`` first). Several: ``overall_metric`` (the mean of the
+        tasks' own metrics) first, or ``<task>/metric`` when ``select_by`` names a task; then the
+        means over tasks and ``<task>/<key>`` for every task.
+        """
         if not self._labels:
             raise RuntimeError("Nothing to evaluate: process() was not called since reset()")
         tasks, labels, preds = (torch.cat(x) for x in (self._tasks, self._labels, self._preds))
-        per_task: List[Tuple[str, Dict[str, float]]] = []
-        total = correct = 0
+        per_task: List[Tuple[int, Dict[str, float], int]] = []  # (task index, its metrics, its row count)
         for t, name in enumerate(self.task_names):
             mask = tasks == t
             if not mask.any():
                 continue
             print(f"=> task: {name}" if self.multi_task else "=> result")
-            metrics, n, k = self._task_block(labels[mask], preds[mask], self.lab2cnames[t])
-            per_task.append((name, metrics))
-            total, correct = total + n, correct + k
-        results: "OrderedDict[str, float]" = OrderedDict()
+            per_task.append((t, self._task_block(t, labels[mask], preds[mask]), int(mask.sum())))
         if self.multi_task:
-            for key in per_task[0][1]:
-                results[key] = sum(m[key] for _, m in per_task) / len(per_task)
-            print("=> result")
-            self._print_counts(total, correct, results["accuracy"], results["macro_f1"])
-            for name, metrics in per_task:
-                for key, value in metrics.items():
-                    results[f"{name}/{key}"] = value
+            results = self._multi_task_results(per_task)
         else:
-            results.update(per_task[0][1])
+            results = OrderedDict(per_task[0][1])
+            results.pop("metric")
+            if self.softcpt_lines_for_one_task:
+                results["overall_metric"] = self._print_softcpt_lines(per_task)
         if self.compute_cmat:
             self._save_cmat(tasks, labels, preds)
         if self.save_predictions:
             self._save_predictions(tasks, labels, preds)
         return results
 
-    @staticmethod
-    def _print_counts(total: int, correct: int, accuracy: float, macro_f1: float) -> None:
-        print(f"* total: {total:,}")
-        print(f"* correct: {correct:,}")
-        print(f"* accuracy: {accuracy:.1f}%")
-        print(f"* error: {100.0 - accuracy:.1f}%")
-        print(f"* macro_f1: {macro_f1:.1f}%")
+    def _multi_task_results(self, per_task: Sequence[Tuple[int, Dict[str, float], int]]) -> "OrderedDict[str, float]":
+        """Print the block of means over tasks and SoftCPT's lines; order the results for model selection."""
+        common = [key for key in per_task[0][1] if key != "metric" and all(key in m for _, m, _ in per_task)]
+        means = OrderedDict((key, sum(m[key] for _, m, _ in per_task) / len(per_task)) for key in common)
+        print("=> result")
+        print(f"* unweighted mean over {len(per_task)} tasks")
+        print(f"* accuracy: {means['accuracy']:.1f}%")
+        print(f"* error: {means['error_rate']:.1f}%")
+        print(f"* macro_f1: {means['macro_f1']:.1f}%")
+        results: "OrderedDict[str, float]" = OrderedDict(overall_metric=self._print_softcpt_lines(per_task))
+        results.update(means)
+        for t, metrics, _ in per_task:
+            results.update((f"{self.task_names[t]}/{key}", value) for key, value in metrics.items())
+        if self.select_by != "average":
+            selected = f"{self.select_by}/metric"
+            if selected not in results:
+                raise RuntimeError(f'Model selection by task "{self.select_by}" (DATASET.MULTITASK_EVALKEY), '
+                                   "but none of its rows were evaluated")
+            results.move_to_end(selected, last=False)
+        return results
 
-    def _task_block(self, labels: torch.Tensor, preds: torch.Tensor,
-                    lab2cname: Dict[int, str]) -> Tuple[Dict[str, float], int, int]:
-        """Print one task's lines; return its metrics, total and correct count."""
+    def _print_softcpt_lines(self, per_task: Sequence[Tuple[int, Dict[str, float], int]]) -> float:
+        """SoftCPT's lines, in its format (2 decimals); returns the unweighted mean of the tasks' metrics."""
+        overall = sum(m["metric"] for _, m, _ in per_task) / len(per_task)
+        print(f"* overall_metric: {overall:.2f}%")
+        if self.per_task_result:
+            for t, metrics, n in per_task:
+                print(f"* task: {t} ({self.task_names[t]})\ttotal: {n:,}\tmetric: {metrics['metric']:.2f}%")
+            print(f"* average: {overall:.2f}%")
+        return overall
+
+    def _task_block(self, t: int, labels: torch.Tensor, preds: torch.Tensor) -> Dict[str, float]:
+        """Print one task's lines; return its metrics, ``metric`` being the value of the task's own metric."""
         hits = labels == preds
         total, correct = labels.numel(), int(hits.sum())
-        accuracy = 100.0 * correct / total
-        metrics = {"accuracy": accuracy, "error_rate": 100.0 - accuracy,
+        percent_correct = 100.0 * correct / total
+        metrics = {"accuracy": percent_correct, "error_rate": 100.0 - percent_correct,
                    "macro_f1": 100.0 * macro_f1_score(labels, preds)}
-        self._print_counts(total, correct, accuracy, metrics["macro_f1"])
+        print(f"* total: {total:,}")
+        print(f"* correct: {correct:,}")
+        print(f"* accuracy: {percent_correct:.1f}%")
+        print(f"* error: {metrics['error_rate']:.1f}%")
+        print(f"* macro_f1: {metrics['macro_f1']:.1f}%")
+        name, metric = self.metric_names[t], self.metrics[t]
+        if name != "accuracy":
+            num_classes = int(self.num_classes[t])
+            scores = (torch.nn.functional.one_hot(preds, num_classes).float() if metric.argmax_only
+                      else torch.stack(self._task_scores[t]))
+            metrics[name] = 100.0 * metric.fn(scores, labels)
+            print(f"* {name}: {metrics[name]:.1f}%")
+        metrics["metric"] = metrics[name]
         if self.per_class:
             print("=> per-class result")
             accs = []
+            lab2cname = self.lab2cnames[t]
             for label in torch.unique(labels).tolist():
                 of_label = labels == label
                 n, k = int(of_label.sum()), int(hits[of_label].sum())
@@ -190,7 +306,7 @@ class Classification:
                       f"total: {n:,}\tcorrect: {k:,}\tacc: {accs[-1]:.1f}%")
             metrics["perclass_accuracy"] = sum(accs) / len(accs)
             print(f"* average: {metrics['perclass_accuracy']:.1f}%")
-        return metrics, total, correct
+        return metrics
 
     def _save_cmat(self, tasks: torch.Tensor, labels: torch.Tensor, preds: torch.Tensor) -> None:
         """Row-normalised confusion matrix per task (C x C, row = true label; absent classes give zero rows).
@@ -224,3 +340,29 @@ class Classification:
                 cells += [int(labels[i]), int(preds[i])] + [f"{v:.9g}" for v in row.tolist()]
                 writer.writerow(cells + [""] * (width - row.numel()))
         print(f"Predictions are saved to {path}")
+
+
+@EVALUATOR_REGISTRY.register
+class ClassificationMT(Classification):
+    """SoftCPT's evaluator name (its YAMLs set it): also prints SoftCPT's lines for a one-task run,
+    which SoftCPT evaluates with this evaluator too (zero-shot CLIP per data set)."""
+
+    softcpt_lines_for_one_task = True
+
+
+def build_evaluator(cfg: Any, tasks: Sequence["Task"], output_dir: Optional[str]) -> Classification:
+    """The ``TEST.EVALUATOR`` evaluator for ``tasks`` (``datasets.manager.Task``), set up from ``cfg.TEST``.
+
+    ``DATASET.MULTITASK_EVALKEY`` (MVLPT's key; absent from configs without it) picks the selection score.
+    """
+    name = cfg.TEST.EVALUATOR
+    try:
+        evaluator_cls = EVALUATOR_REGISTRY.get(name)
+    except KeyError as exc:
+        raise ValueError(f"TEST.EVALUATOR: {exc.args[0]}") from None
+    test = cfg.TEST
+    return evaluator_cls([t.name for t in tasks], [t.lab2cname for t in tasks], per_class=test.PER_CLASS_RESULT,
+                         compute_cmat=test.COMPUTE_CMAT, output_dir=output_dir,
+                         save_predictions=test.SAVE_PREDICTIONS, metrics=[t.metric for t in tasks],
+                         select_by=cfg.DATASET.get("MULTITASK_EVALKEY", "average"),
+                         per_task_result=test.PER_TASK_RESULT)

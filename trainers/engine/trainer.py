@@ -28,10 +28,10 @@ from tqdm import tqdm
 
 from clip.errors import InvalidInputError, MissingInputError
 from datasets.manager import DataManager
+from trainers.engine import evaluator as evaluation
 from trainers.engine.checkpoint import (BEST_NAME, CheckpointMismatchError, capture_rng_state, checkpoint_path,
                                         latest_checkpoint, load_checkpoint, load_state_dict_checked,
                                         restore_rng_state, resume_from_checkpoint, save_checkpoint)
-from trainers.engine.evaluator import Classification
 from trainers.engine.logger import make_writer, write_scalar
 from trainers.engine.meters import AverageMeter, MetricMeter
 
@@ -129,13 +129,10 @@ class TrainerX:
     def build_model(self) -> None:
         raise NotImplementedError("A trainer must build and register its model")
 
-    def build_evaluator(self) -> Classification:
+    def build_evaluator(self) -> evaluation.Classification:
         if self.cfg.VERBOSE:
             print(f"Loading evaluator: {self.cfg.TEST.EVALUATOR}")
-        test = self.cfg.TEST
-        return Classification([t.name for t in self.dm.tasks], [t.lab2cname for t in self.dm.tasks],
-                              per_class=test.PER_CLASS_RESULT, compute_cmat=test.COMPUTE_CMAT,
-                              output_dir=self.output_dir, save_predictions=test.SAVE_PREDICTIONS)
+        return evaluation.build_evaluator(self.cfg, self.dm.tasks, self.output_dir)
 
     # ----- registered models ------------------------------------------------------------
     def register_model(self, name: str = "model", model: nn.Module = None, optim=None, sched=None) -> None:
