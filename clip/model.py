@@ -358,6 +358,7 @@ class Transformer(nn.Module):
         super().__init__()
         self.width = width
         self.layers = layers
+        self.causal = causal
         self.resblocks = nn.Sequential(*[ResidualAttentionBlock(width, heads, causal) for _ in range(layers)])
 
     def forward(self, x: Tensor, deep_prompts: PromptList = None, kv_prompts: PromptList = None,
@@ -383,7 +384,7 @@ class Transformer(nn.Module):
         Deep and K/V prompts ([n, D] or [1|G, n, D]) act per prefix; deep prompts replace
         positions 1..n, which must lie inside the prefix (n < P).
         """
-        if not self.resblocks[0].causal:
+        if not self.causal:
             raise ValueError("a shared prefix needs a causal transformer (the text encoder)")
         _check_layer_count(deep_prompts, self.layers, "deep_prompts")
         _check_layer_count(kv_prompts, self.layers, "kv_prompts")
@@ -618,7 +619,7 @@ class CLIP(nn.Module):
         if prefix_len + suffix_len > self.context_length:
             raise ValueError(f"prefix ({prefix_len}) + suffix ({suffix_len}) tokens exceed the context length "
                              f"{self.context_length}")
-        first_eot, last_eot = (int(p) for p in torch.stack([eot_positions.min(), eot_positions.max()]))
+        first_eot, last_eot = torch.stack([eot_positions.min(), eot_positions.max()]).tolist()
         if first_eot < prefix_len or last_eot >= prefix_len + suffix_len:
             raise ValueError(f"end-of-text positions must lie in the suffix, [{prefix_len}, "
                              f"{prefix_len + suffix_len}), got {first_eot}..{last_eot}")
