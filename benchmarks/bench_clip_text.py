@@ -27,7 +27,7 @@ import random
 import statistics
 import sys
 import time
-from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional
 
 import torch
 from torch import Tensor
