@@ -31,6 +31,8 @@ def load_clip_to_cpu(cfg) -> nn.Module:
     state_dict = load_clip_state_dict(cfg.MODEL.BACKBONE.PATH or name)
     model = clip.build_model(state_dict)
     model.truncate_text = cfg.MODEL.BACKBONE.TRUNCATE_TEXT
+    model.text_checkpointing = cfg.MODEL.BACKBONE.TEXT_CHECKPOINTING
+    model.shared_prefix = cfg.MODEL.BACKBONE.SHARED_PREFIX
     return model
 
 
@@ -79,6 +81,16 @@ class PromptedCLIP(nn.Module):
     def class_text_features(self) -> torch.Tensor:
         """Raw text features of every class of every task [C, D] (image-independent methods)."""
         raise NotImplementedError
+
+    def encode_prompts(self, learner: nn.Module, deep_prompts=None) -> torch.Tensor:
+        """Text features of a prompt learner's class prompts: the tokens all classes share (start
+        token + context) run once when the learner offers them (``shared_prefix``) and
+        ``MODEL.BACKBONE.SHARED_PREFIX`` is on; otherwise every class prompt runs in full."""
+        shared = learner.shared_prefix() if getattr(self.clip, "shared_prefix", False) else None
+        if shared is None:
+            return self.clip.encode_text_embeddings(learner(), learner.eot_positions, deep_prompts=deep_prompts)
+        prefix, suffix = shared
+        return self.clip.encode_text_shared_prefix(prefix, suffix, learner.eot_positions, deep_prompts=deep_prompts)
 
     def text_features(self, tasks: Optional[torch.Tensor] = None) -> torch.Tensor:
         return self._text_cache if self._text_cache is not None else self.class_text_features()

@@ -61,11 +61,19 @@ class ConditionalPromptedCLIP(PromptedCLIP):
         n_img, n_cls = ctx.shape[0], learner.n_cls
         step = self.images_per_text_call or n_img
         eot = learner.eot_positions
+        shared = getattr(self.clip, "shared_prefix", False)
         chunks = []
         for start in range(0, n_img, step):
-            prompts = learner.assemble_instances(ctx[start:start + step])
-            count = prompts.shape[0]
-            features = self.clip.encode_text_embeddings(prompts.flatten(0, 1), eot.repeat(count))
+            chunk = ctx[start:start + step]
+            count = chunk.shape[0]
+            if shared:  # each image's start token + context once, then its C class tails
+                prefix = torch.cat([learner.token_prefix[:1].expand(count, -1, -1), chunk], dim=1)
+                suffix = learner.token_suffix.repeat(count, 1, 1)
+                groups = torch.arange(count, device=chunk.device).repeat_interleave(n_cls)
+                features = self.clip.encode_text_shared_prefix(prefix, suffix, eot.repeat(count), groups)
+            else:
+                prompts = learner.assemble_instances(chunk)
+                features = self.clip.encode_text_embeddings(prompts.flatten(0, 1), eot.repeat(count))
             chunks.append(features.view(count, n_cls, -1))
         return torch.cat(chunks)
 

@@ -41,8 +41,7 @@ class TextPromptedCLIP(PromptedCLIP):
         self.prompt_learner = prompt_learner
 
     def class_text_features(self) -> torch.Tensor:
-        learner = self.prompt_learner
-        return self.clip.encode_text_embeddings(learner(), learner.eot_positions)
+        return self.encode_prompts(self.prompt_learner)
 
 
 @TRAINER_REGISTRY.register()

@@ -52,9 +52,7 @@ class MultiModalPromptedCLIP(PromptedCLIP):
         self.prompt_learner = prompt_learner
 
     def class_text_features(self) -> torch.Tensor:
-        learner = self.prompt_learner
-        return self.clip.encode_text_embeddings(learner(), learner.eot_positions,
-                                                deep_prompts=learner.deep_text_prompts())
+        return self.encode_prompts(self.prompt_learner, deep_prompts=self.prompt_learner.deep_text_prompts())
 
     def image_prompt_kwargs(self) -> dict:
         learner = self.prompt_learner

@@ -96,6 +96,10 @@ def get_cfg_default() -> CN:
     _C.MODEL.BACKBONE.PATH = ""  # a local CLIP file used instead of the name's cache file
     # Cut text sequences after the last end-of-text token (same features, ~3x cheaper); False: 77 tokens.
     _C.MODEL.BACKBONE.TRUNCATE_TEXT = True
+    # Encode the class-independent leading prompt tokens once (exact; False: every class in full).
+    _C.MODEL.BACKBONE.SHARED_PREFIX = True
+    # Recompute each text block in backward instead of storing its activations (memory for ~1 forward).
+    _C.MODEL.BACKBONE.TEXT_CHECKPOINTING = False
     _C.MODEL.HEAD = CN()
     _C.MODEL.HEAD.NAME = ""
     _C.MODEL.HEAD.HIDDEN_LAYERS = ()

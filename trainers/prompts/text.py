@@ -109,3 +109,20 @@ class TextContextLearner(nn.Module):
 
     def forward(self) -> torch.Tensor:
         return self.assemble(self.expanded_context())
+
+    def shared_prefix(self) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+        """(prefix [1, P, D], suffixes [C, L - P, D]) of the class prompts when their first P tokens
+        are the same for every class: start token + generic context (class at the end), or + its
+        first half (class in the middle). None for class-specific context or the class in front."""
+        if self.ctx.dim() != 2 or self.class_token_position == "front":
+            return None
+        start = self.token_prefix[:1]
+        if self.class_token_position == "end":
+            return torch.cat([start, self.ctx.unsqueeze(0)], dim=1), self.token_suffix
+        half = self.n_ctx // 2
+        if half == 0:
+            return None
+        tail = self.ctx[half:].unsqueeze(0)
+        suffixes = [torch.cat([self.token_suffix[i:i + 1, :n], tail, self.token_suffix[i:i + 1, n:]], dim=1)
+                    for i, n in enumerate(self.name_lens)]
+        return torch.cat([start, self.ctx[:half].unsqueeze(0)], dim=1), torch.cat(suffixes)
