@@ -1,17 +1,20 @@
 """Training-step and evaluation cost of the trainers at ViT-B/16 size with random weights.
 
-Each scenario runs "ours" (text sequences cut after the last end-of-text token, class text
-features encoded once per evaluation) and "straightforward" (full 77-token text encoding,
-text features recomputed for every test batch) in one run and prints the ratios.
-Peak memory: CUDA's allocator peak on a GPU; on the CPU each variant runs in a fresh
-subprocess and reports its peak resident set size growth over the model-building phase.
+Each scenario runs its text-encoding modes in one run and prints the ratios:
+
+* ``straightforward``: full 77-token text encoding, text features recomputed for every test batch
+  (CoCoOp: the original's per-image loop);
+* ``truncated``: sequences cut after the last end-of-text token, features once per evaluation;
+* ``shared``: + the class-independent prompt prefix encoded once (``MODEL.BACKBONE.SHARED_PREFIX``);
+* ``shared_ckpt``: + activation checkpointing of the text blocks (the 1000-class scenario).
+
+Peak memory: CUDA's allocator peak on a GPU; on the CPU each mode runs in a fresh subprocess and
+reports its peak resident set size growth over the model-building phase.
 
     python benchmarks/bench_trainers.py                 # all scenarios
     python benchmarks/bench_trainers.py --only coop     # one scenario
 
-CoCoOp's "straightforward" is the original: one full-length text-encoder call per image;
-"ours" encodes TEXT_CHUNK images' prompts per call, cut after the last end-of-text token.
-It uses its own (small) batch, ``--cocoop-batch``: every image brings C prompts.
+CoCoOp uses its own (small) batches, ``--cocoop-batch`` and 1: every image brings C prompts.
 """
 from __future__ import annotations
 
@@ -36,7 +39,7 @@ from clip.model import CLIP  # noqa: E402
 from trainers.cocoop import DEFAULT_TEXT_CHUNK, ConditionalPromptedCLIP  # noqa: E402
 from trainers.coop import TextPromptedCLIP  # noqa: E402
 from trainers.dept import DePTCLIP  # noqa: E402
-from trainers.heads import CATHead, dept_loss  # noqa: E402
+from trainers.heads import CATHead  # noqa: E402
 from trainers.kgcoop import hand_crafted_text_features, knowledge_guided_distance  # noqa: E402
 from trainers.maple import MultiModalPromptedCLIP  # noqa: E402
 from trainers.prompts.coupled import MultiModalPromptLearner  # noqa: E402
@@ -85,10 +88,15 @@ def peak_bytes_since_reset() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def random_clip(straightforward: bool) -> CLIP:
+MODES = ("straightforward", "truncated", "shared", "shared_ckpt")
+
+
+def random_clip(mode: str) -> CLIP:
     torch.manual_seed(0)
     clip_model = vit_b16()
-    clip_model.truncate_text = not straightforward
+    clip_model.truncate_text = mode != "straightforward"
+    clip_model.shared_prefix = mode.startswith("shared")
+    clip_model.text_checkpointing = mode == "shared_ckpt"
     return clip_model
 
 
@@ -100,7 +108,7 @@ def cross_entropy_loss(model) -> LossFn:
     return lambda images, labels: F.cross_entropy(model(images), labels)
 
 
-def measure(model, loss_fn: LossFn, batch_size: int, args, straightforward: bool,
+def measure(model, loss_fn: LossFn, batch_size: int, args, mode: str,
             repeats: int = None, warmup: int = None) -> Dict[str, float]:
     """Seconds per SGD step on the trainable parameters, peak memory of those steps, and the time of
     ``eval_batches`` test batches (ours: class text features once per evaluation)."""
@@ -122,7 +130,7 @@ def measure(model, loss_fn: LossFn, batch_size: int, args, straightforward: bool
 
     @torch.no_grad()
     def evaluate() -> None:
-        cache = contextlib.nullcontext() if straightforward else model.cached_text_features()
+        cache = contextlib.nullcontext() if mode == "straightforward" else model.cached_text_features()
         with cache:
             for _ in range(args.eval_batches):
                 model(images)
@@ -131,16 +139,16 @@ def measure(model, loss_fn: LossFn, batch_size: int, args, straightforward: bool
     return {"step_s": step_time, "peak_mb": peak / 2 ** 20, "eval_s": eval_time, "batch": batch_size}
 
 
-def coop_variant(args, straightforward: bool) -> Dict[str, float]:
-    clip_model = random_clip(straightforward)
+def coop_variant(args, mode: str) -> Dict[str, float]:
+    clip_model = random_clip(mode)
     model = TextPromptedCLIP(clip_model, TextContextLearner(clip_model, class_names(args.classes), n_ctx=16))
     model.to(DEVICE)
-    return measure(model, cross_entropy_loss(model), args.batch, args, straightforward)
+    return measure(model, cross_entropy_loss(model), args.batch, args, mode)
 
 
-def kgcoop_variant(args, straightforward: bool) -> Dict[str, float]:
+def kgcoop_variant(args, mode: str) -> Dict[str, float]:
     """KgCoOp: CoOp's 4 ctx from "a photo of a" + W=8 x distance to template features."""
-    clip_model = random_clip(straightforward)
+    clip_model = random_clip(mode)
     names = class_names(args.classes)
     model = TextPromptedCLIP(clip_model, TextContextLearner(clip_model, names, ctx_init="a photo of a"))
     model.to(DEVICE)
@@ -151,20 +159,20 @@ def kgcoop_variant(args, straightforward: bool) -> Dict[str, float]:
         logits = model.itm_logits(image_features, text_features)
         return F.cross_entropy(logits, labels) + 8.0 * knowledge_guided_distance(text_features, anchors)
 
-    return measure(model, loss_fn, args.batch, args, straightforward)
+    return measure(model, loss_fn, args.batch, args, mode)
 
 
-def maple_variant(args, straightforward: bool) -> Dict[str, float]:
-    """MaPLe: 2 coupled ctx, depth 9 (its base-to-new recipe uses batch 4; same batch as CoOp here)."""
-    clip_model = random_clip(straightforward)
+def maple_variant(args, mode: str) -> Dict[str, float]:
+    """MaPLe: 2 coupled ctx, depth 9, batch 4 (its base-to-new recipe)."""
+    clip_model = random_clip(mode)
     learner = MultiModalPromptLearner(clip_model, class_names(args.classes), n_ctx=2, depth=9)
     model = MultiModalPromptedCLIP(clip_model, learner).to(DEVICE)
-    return measure(model, cross_entropy_loss(model), args.batch, args, straightforward)
+    return measure(model, cross_entropy_loss(model), 4, args, mode)
 
 
-def dept_coop_variant(args, straightforward: bool) -> Dict[str, float]:
+def dept_coop_variant(args, mode: str) -> Dict[str, float]:
     """DePT around CoOp: CAT head, loss 0.3 CE(ITM) + 0.7 CE(CAT), fused logits at test."""
-    clip_model = random_clip(straightforward)
+    clip_model = random_clip(mode)
     baseline = TextPromptedCLIP(clip_model, TextContextLearner(clip_model, class_names(args.classes), n_ctx=16))
     head = CATHead(512, args.classes, clip_model.dtype)
     model = DePTCLIP(baseline, head, base_route=True, weight=0.7).to(DEVICE)
@@ -173,63 +181,83 @@ def dept_coop_variant(args, straightforward: bool) -> Dict[str, float]:
         image_features, text_features = model.encode(images)
         itm = model.itm_logits(image_features, text_features)
         cat_logits, cat_labels = head.training_logits(image_features, text_features, labels, model.itm_logits)
-        return dept_loss(itm, labels, cat_logits, cat_labels, 0.7)
+        return 0.3 * F.cross_entropy(itm, labels) + 0.7 * F.cross_entropy(cat_logits, cat_labels)
 
-    return measure(model, loss_fn, args.batch, args, straightforward)
+    return measure(model, loss_fn, args.batch, args, mode)
 
 
-def cocoop_variant(args, straightforward: bool, batch_size: int) -> Dict[str, float]:
+def cocoop_variant(args, mode: str, batch_size: int) -> Dict[str, float]:
     """CoCoOp (4 ctx from "a photo of a"): straightforward = the original's per-image loop over
     full-length sequences; ours = the batch in chunks of images, cut after the last EOT."""
-    clip_model = random_clip(straightforward)
+    clip_model = random_clip(mode)
     learner = ConditionalContextLearner(clip_model, class_names(args.classes), ctx_init="a photo of a")
-    chunk = 1 if straightforward else DEFAULT_TEXT_CHUNK
+    chunk = 1 if mode == "straightforward" else DEFAULT_TEXT_CHUNK
     model = ConditionalPromptedCLIP(clip_model, learner, images_per_text_call=chunk).to(DEVICE)
     # CoCoOp steps cost batch x classes text sequences: one timed step keeps the run short.
-    return measure(model, cross_entropy_loss(model), batch_size, args, straightforward, repeats=1, warmup=0)
+    return measure(model, cross_entropy_loss(model), batch_size, args, mode, repeats=1, warmup=0)
 
 
 def cocoop_loop_vs_batch(args, batched: bool) -> Dict[str, float]:
     """Per-image loop vs one batched text call, both truncated: what batching alone buys."""
-    clip_model = random_clip(False)
+    clip_model = random_clip("truncated")
     learner = ConditionalContextLearner(clip_model, class_names(args.classes), ctx_init="a photo of a")
     model = ConditionalPromptedCLIP(clip_model, learner, images_per_text_call=0 if batched else 1).to(DEVICE)
-    return measure(model, cross_entropy_loss(model), args.cocoop_batch, args, True, repeats=1, warmup=0)
+    return measure(model, cross_entropy_loss(model), args.cocoop_batch, args, "truncated", repeats=1, warmup=0)
 
 
+def coop_batch4_variant(args, mode: str) -> Dict[str, float]:
+    clip_model = random_clip(mode)
+    model = TextPromptedCLIP(clip_model, TextContextLearner(clip_model, class_names(args.classes), n_ctx=16))
+    model.to(DEVICE)
+    return measure(model, cross_entropy_loss(model), 4, args, mode)
+
+
+def coop_1000_variant(args, mode: str) -> Dict[str, float]:
+    """CoOp over ImageNet's 1000 classes (batch 4): where the text pass decides whether a step fits."""
+    clip_model = random_clip(mode)
+    model = TextPromptedCLIP(clip_model, TextContextLearner(clip_model, class_names(1000), n_ctx=16))
+    model.to(DEVICE)
+    return measure(model, cross_entropy_loss(model), 4, args, mode, repeats=1, warmup=0)
+
+
+#: scenario -> (function, its modes); the first mode is the reference of the ratios
 SCENARIOS = {
-    "coop": coop_variant,
-    "kgcoop": kgcoop_variant,
-    "maple": maple_variant,
-    "dept_coop": dept_coop_variant,
-    "cocoop_b1": lambda args, plain: cocoop_variant(args, plain, 1),
-    "cocoop_b4": lambda args, plain: cocoop_variant(args, plain, args.cocoop_batch),
-    "cocoop_loop_vs_batched": lambda args, plain: cocoop_loop_vs_batch(args, batched=not plain),
+    "coop": (coop_variant, MODES[:3]),
+    "coop_b4": (coop_batch4_variant, MODES[:3]),
+    "coop_1000": (coop_1000_variant, MODES),
+    "kgcoop": (kgcoop_variant, MODES[:3]),
+    "maple": (maple_variant, MODES[:3]),
+    "dept_coop": (dept_coop_variant, MODES[:3]),
+    "cocoop_b1": (lambda args, mode: cocoop_variant(args, mode, 1), MODES[:3]),
+    "cocoop_b4": (lambda args, mode: cocoop_variant(args, mode, args.cocoop_batch), MODES[:3]),
+    "cocoop_loop_vs_batched": (lambda args, mode: cocoop_loop_vs_batch(args, batched=mode == "batched"),
+                               ("loop", "batched")),
 }
 
 
-def run_variant_in_subprocess(name: str, straightforward: bool, argv: List[str]) -> Dict[str, float]:
-    cmd = [sys.executable, os.path.abspath(__file__), "--variant", name,
-           "--straightforward" if straightforward else "--ours"] + argv
+def run_variant_in_subprocess(name: str, mode: str, argv: List[str]) -> Dict[str, float]:
+    cmd = [sys.executable, os.path.abspath(__file__), "--variant", name, "--mode", mode] + argv
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
-def report(name: str, ours: Dict[str, float], plain: Dict[str, float], args) -> None:
-    batch = int(ours["batch"])
-    if name == "cocoop_loop_vs_batched":
-        print(f"{name} (both truncated; batch {batch}, {args.classes} classes): train step loop "
-              f"{plain['step_s']:.3f} s, batched {ours['step_s']:.3f} s, ratio {plain['step_s'] / ours['step_s']:.2f}x; "
-              f"evaluation loop {plain['eval_s']:.3f} s, batched {ours['eval_s']:.3f} s, "
-              f"ratio {plain['eval_s'] / ours['eval_s']:.2f}x")
-        return
-    print(f"{name} (ViT-B/16 random weights, {DEVICE.type}, batch {batch}, {args.classes} classes):")
-    print(f"  train step: straightforward {plain['step_s']:.3f} s, ours {ours['step_s']:.3f} s, "
-          f"speedup {plain['step_s'] / ours['step_s']:.2f}x")
-    print(f"  peak memory: straightforward {plain['peak_mb']:.0f} MiB, ours {ours['peak_mb']:.0f} MiB, "
-          f"ratio {plain['peak_mb'] / max(ours['peak_mb'], 1e-9):.2f}x")
-    print(f"  evaluation ({args.eval_batches} batches of {batch}): straightforward {plain['eval_s']:.3f} s, "
-          f"ours {ours['eval_s']:.3f} s, speedup {plain['eval_s'] / ours['eval_s']:.2f}x")
+def report(name: str, results: Dict[str, Dict[str, float]], args) -> None:
+    """One line per mode: step time, peak memory and evaluation time, with ratios to the first
+    mode and (from the third on) to the second."""
+    modes = list(results)
+    first = results[modes[0]]
+    classes = 1000 if name == "coop_1000" else args.classes
+    print(f"{name} (ViT-B/16 random weights, {DEVICE.type}, batch {int(first['batch'])}, {classes} classes):")
+    for i, mode in enumerate(modes):
+        r = results[mode]
+        ratios = [f"step {first['step_s'] / r['step_s']:.2f}x, memory {first['peak_mb'] / max(r['peak_mb'], 1e-9):.2f}x "
+                  f"less than {modes[0]}"]
+        if i >= 2:
+            second = results[modes[1]]
+            ratios.append(f"step {second['step_s'] / r['step_s']:.2f}x, memory "
+                          f"{second['peak_mb'] / max(r['peak_mb'], 1e-9):.2f}x less than {modes[1]}")
+        print(f"  {mode:>15}: train step {r['step_s']:.3f} s, peak memory {r['peak_mb']:.0f} MiB, evaluation "
+              f"{r['eval_s']:.3f} s" + ("" if i == 0 else "; " + "; ".join(ratios)))
 
 
 def main() -> None:
@@ -242,22 +270,18 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--eval-batches", type=int, default=4)
     parser.add_argument("--variant", help=argparse.SUPPRESS)
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--straightforward", action="store_true", help=argparse.SUPPRESS)
-    group.add_argument("--ours", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--mode", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
     if args.variant:
-        print(json.dumps(SCENARIOS[args.variant](args, args.straightforward)))
+        print(json.dumps(SCENARIOS[args.variant][0](args, args.mode)))
         return
     argv = [f"--batch={args.batch}", f"--cocoop-batch={args.cocoop_batch}", f"--classes={args.classes}",
             f"--repeats={args.repeats}",
             f"--warmup={args.warmup}", f"--eval-batches={args.eval_batches}"]
     for name in ([args.only] if args.only else sorted(SCENARIOS)):
-        plain = run_variant_in_subprocess(name, True, argv)
-        ours = run_variant_in_subprocess(name, False, argv)
-        report(name, ours, plain, args)
+        report(name, {mode: run_variant_in_subprocess(name, mode, argv) for mode in SCENARIOS[name][1]}, args)
 
 
 if __name__ == "__main__":
