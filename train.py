@@ -23,6 +23,7 @@ from clip.errors import UserInputError
 from datasets.build import build_dataset
 from datasets.manager import find_unreadable_images, parse_dataset_names
 from trainers.engine.config import get_cfg_default, merge_from_file, merge_from_list
+from trainers.engine.lock import output_dir_lock
 from trainers.engine.logger import report_error, setup_logger
 from trainers.engine.registry import TRAINER_REGISTRY, build_trainer, extend_cfg
 from trainers.engine.results import write_results
@@ -193,29 +194,30 @@ def run(args) -> int:
     if cfg.SEED >= 0:
         print(f"Setting fixed seed: {cfg.SEED}")
         set_random_seed(cfg.SEED)
-    setup_logger(cfg.OUTPUT_DIR)
-    if torch.cuda.is_available() and cfg.USE_CUDA:
-        torch.backends.cudnn.benchmark = True
-    print_args(args, cfg)
-    print("Collecting env info ...")
-    print("** System info **")
-    print(environment_info())
-    print()
+    with output_dir_lock(cfg.OUTPUT_DIR):
+        setup_logger(cfg.OUTPUT_DIR)
+        if torch.cuda.is_available() and cfg.USE_CUDA:
+            torch.backends.cudnn.benchmark = True
+        print_args(args, cfg)
+        print("Collecting env info ...")
+        print("** System info **")
+        print(environment_info())
+        print()
 
-    trainer = build_trainer(cfg)
-    if args.eval_only:
-        trainer.load_model(args.model_dir, epoch=args.load_epoch)
-        trainer.test()
-    elif not args.no_train:
-        if args.model_dir:
-            print(f"Initialising the learned weights from {args.model_dir} (a resumed run continues from its own)")
+        trainer = build_trainer(cfg)
+        if args.eval_only:
             trainer.load_model(args.model_dir, epoch=args.load_epoch)
-        trainer.train()
-    results = getattr(trainer, "last_results", None)
-    if results is not None:
-        write_results(cfg.OUTPUT_DIR, results, cfg, extra={
-            "eval_only": args.eval_only, "model_dir": args.model_dir, "load_epoch": args.load_epoch})
-    return 0
+            trainer.test()
+        elif not args.no_train:
+            if args.model_dir:
+                print(f"Initialising the learned weights from {args.model_dir} (a resumed run continues from its own)")
+                trainer.load_model(args.model_dir, epoch=args.load_epoch)
+            trainer.train()
+        results = getattr(trainer, "last_results", None)
+        if results is not None:
+            write_results(cfg.OUTPUT_DIR, results, cfg, extra={
+                "eval_only": args.eval_only, "model_dir": args.model_dir, "load_epoch": args.load_epoch})
+        return 0
 
 
 def verify_data(cfg) -> int:

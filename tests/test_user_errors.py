@@ -106,3 +106,41 @@ def test_bugs_keep_their_traceback(monkeypatch, data_root, tmp_path):
         finally:
             close_logger()
     assert not issubclass(KeyError, UserInputError)
+
+
+def test_a_second_run_into_a_live_runs_folder_exits_and_a_dead_runs_lock_is_taken_over(capsys, data_root, tmp_path):
+    import socket
+
+    from trainers.engine.lock import LOCK_NAME
+
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": "2026-12-01T10:00:00"}
+    (out / LOCK_NAME).write_text(json.dumps(holder))
+    code, text = run_in_process(capsys, *TINY, "--root", data_root, *SYNTHETIC, "--output-dir", str(out),
+                                "--eval-only")
+    assert_reported(code, text, f"PID {os.getpid()}", str(out))
+    assert sorted(os.listdir(out)) == [LOCK_NAME]  # touched nothing
+
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (out / LOCK_NAME).write_text(json.dumps(dict(holder, pid=int(finished.stdout))))
+    code, text = run_in_process(capsys, *TINY, "--root", data_root, *SYNTHETIC, "--output-dir", str(out),
+                                "--eval-only", "TRAINER.COOP.PREC", "fp32")
+    assert code == 0 and "taking over the lock of a run that is gone" in text
+    assert not (out / LOCK_NAME).exists()
+
+
+def test_nan_loss_names_epoch_batch_and_precision(capsys, data_root, tmp_path, monkeypatch):
+    from trainers.base import PromptTrainer
+
+    original = PromptTrainer.loss_terms
+
+    def nan_terms(self, batch):
+        output = original(self, batch)
+        output.losses["ce"] = output.losses["ce"] * float("nan")
+        return output
+
+    monkeypatch.setattr(PromptTrainer, "loss_terms", nan_terms)
+    assert_reported(*run_in_process(capsys, *TINY, "--root", data_root, *SYNTHETIC, "--output-dir",
+                                    str(tmp_path), "TRAINER.COOP.PREC", "fp16", "OPTIM.MAX_EPOCH", "1"),
+                    "epoch 1, batch 1", "fp16", "TRAINER.COOP.PREC fp32")

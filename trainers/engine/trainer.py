@@ -44,6 +44,10 @@ def compute_accuracy(output: torch.Tensor, target: torch.Tensor, topk: Sequence[
     return [correct[:k].reshape(-1).float().sum(0, keepdim=True) * (100.0 / target.size(0)) for k in topk]
 
 
+class NonFiniteLossError(InvalidInputError, FloatingPointError):
+    """The loss became NaN or Inf (learning rate, precision): the run stops before the weights do."""
+
+
 #: checkpoint file of a run stopped by SIGTERM/SIGINT (the pointer file names it until the next save)
 STOPPED_NAME = "model-stopped.pth.tar"
 
@@ -166,8 +170,15 @@ class TrainerX:
         return self._optims[name].param_groups[0]["lr"]
 
     def detect_anomaly(self, loss: torch.Tensor) -> None:
-        if not torch.isfinite(loss).all():
-            raise FloatingPointError("Loss is infinite or NaN!")
+        """Stop on a NaN/Inf loss before it reaches the weights (checkpoints already written stay)."""
+        if torch.isfinite(loss).all():
+            return
+        precision = getattr(self, "precision", None)
+        node = getattr(self, "config_node", "<NODE>")
+        hint = (f"; PREC fp16 overflows easily: try TRAINER.{node}.PREC fp32 or amp" if precision == "fp16"
+                else "; try a lower OPTIM.LR")
+        raise NonFiniteLossError(f"Loss is infinite or NaN at epoch {self.epoch + 1}, batch {self.batch_idx + 1} "
+                                 f"(precision {precision or 'fp32'}){hint}")
 
     def model_zero_grad(self, names=None) -> None:
         for name in self.get_model_names(names):
