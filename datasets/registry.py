@@ -69,9 +69,11 @@ class Registry:
                 self.register(obj, name=name)
                 return name
         known = sorted(self._entries) + sorted(self._aliases) + self._dynamic_names()
-        close = difflib.get_close_matches(name, known, n=1, cutoff=0.0)
+        same_letters = [k for k in known if k.lower() == name.lower()]
+        close = same_letters or difflib.get_close_matches(name, known, n=1, cutoff=0.0)
         hint = f' Did you mean "{close[0]}"?' if close else ""
-        raise KeyError(f'Unknown {self.kind} "{name}".{hint} Registered: {", ".join(sorted(self._entries))}')
+        listed = sorted(set(self._entries) | set(self._dynamic_names()))
+        raise KeyError(f'Unknown {self.kind} "{name}".{hint} Registered: {", ".join(listed)}')
 
     def get(self, name: str) -> Any:
         return self._entries[self.resolve(name)]

@@ -144,3 +144,27 @@ def test_nan_loss_names_epoch_batch_and_precision(capsys, data_root, tmp_path, m
     assert_reported(*run_in_process(capsys, *TINY, "--root", data_root, *SYNTHETIC, "--output-dir",
                                     str(tmp_path), "TRAINER.COOP.PREC", "fp16", "OPTIM.MAX_EPOCH", "1"),
                     "epoch 1, batch 1", "fp16", "TRAINER.COOP.PREC fp32")
+
+
+def test_a_failed_checkpoint_write_keeps_the_previous_file_and_names_the_path(tmp_path, monkeypatch):
+    import errno
+
+    import torch
+
+    from datasets.io import OutputWriteError
+    from trainers.engine.checkpoint import load_checkpoint, save_checkpoint
+
+    os.umask(0o022)
+    first = save_checkpoint({"state_dict": {"ctx": torch.ones(2)}, "epoch": 1}, str(tmp_path), model_name="m.pth.tar")
+    assert oct(os.stat(first).st_mode & 0o777) == oct(0o644)  # the umask's permissions, not mkstemp's 0600
+
+    def disk_full(obj, f, *args, **kwargs):
+        f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OutputWriteError, match=r"Cannot write .*m\.pth\.tar: No space left on device"):
+        save_checkpoint({"state_dict": {"ctx": torch.zeros(2)}, "epoch": 2}, str(tmp_path), model_name="m.pth.tar")
+    monkeypatch.undo()
+    assert torch.equal(load_checkpoint(first)["state_dict"]["ctx"], torch.ones(2))
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint", "m.pth.tar"]
