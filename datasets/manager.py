@@ -7,6 +7,8 @@ loaders walk the tasks' lists in task order. A single data set is the one-task c
 """
 from __future__ import annotations
 
+import functools
+import os
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence
@@ -131,6 +133,16 @@ def build_sampler(sampler_type: str, data_source: Sequence[Datum]) -> Sampler:
                      "supported: RandomSampler, SequentialSampler")
 
 
+@functools.lru_cache(maxsize=None)
+def loader_workers(requested: int) -> int:
+    """DATALOADER.NUM_WORKERS, lowered (with one note) to the CPUs this process may use."""
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if requested > available:
+        print(f"Note: DATALOADER.NUM_WORKERS {requested} lowered to the {available} CPU(s) available")
+        return available
+    return requested
+
+
 def build_data_loader(cfg: Any, sampler_type: str, data_source: Sequence[Datum], batch_size: int,
                       tfm: Any = None, is_train: bool = True, tasks: Optional[Sequence[int]] = None,
                       what: str = "data") -> DataLoader:
@@ -145,7 +157,7 @@ def build_data_loader(cfg: Any, sampler_type: str, data_source: Sequence[Datum],
         DatasetWrapper(cfg, data_source, transform=tfm, is_train=is_train, tasks=tasks, split=what),
         batch_size=batch_size,
         sampler=build_sampler(sampler_type, data_source),
-        num_workers=cfg.DATALOADER.NUM_WORKERS,
+        num_workers=loader_workers(cfg.DATALOADER.NUM_WORKERS),
         drop_last=is_train and len(data_source) >= batch_size,
         pin_memory=torch.cuda.is_available() and cfg.USE_CUDA,
     )

@@ -9,4 +9,6 @@ export DATA PYTHON
 
 SEEDS="${SEEDS}" bash scripts/coop/main.sh synthetic tiny_vit_b16_ep10 end 16 16 True
 bash scripts/coop/zeroshot.sh synthetic tiny_vit_b16_ep10
-"$PYTHON" parse_test_res.py output/synthetic/CoOp/tiny_vit_b16_ep10_16shots/nctx16_cscTrue_ctpend
+"$PYTHON" -m trainers.analysis.compare \
+    "CoOp (16 shots)=output/synthetic/CoOp/tiny_vit_b16_ep10_16shots/nctx16_cscTrue_ctpend" \
+    "Zero-shot CLIP=output/ZeroshotCLIP/tiny_vit_b16_ep10/synthetic"

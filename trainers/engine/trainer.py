@@ -107,6 +107,7 @@ class TrainerX:
         self.cfg = cfg
         use_cuda = torch.cuda.is_available() and cfg.USE_CUDA
         self.device = torch.device("cuda" if use_cuda else "cpu")
+        print(f"Device: {torch.cuda.get_device_name(0) if use_cuda else 'CPU'} ({self.device.type})")
         self.start_epoch = self.epoch = 0
         self.max_epoch = cfg.OPTIM.MAX_EPOCH
         self.output_dir = cfg.OUTPUT_DIR
