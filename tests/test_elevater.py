@@ -202,6 +202,26 @@ def test_a_zip_is_opened_once_per_process(root, monkeypatch):
     assert len(opened) == 2
 
 
+def test_images_are_decoded_as_the_toolkit_does(tmp_path):
+    import io
+
+    from PIL import Image, ImageFile
+
+    rotated = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # EXIF orientation: rotate 90 degrees
+    Image.new("L", (8, 4), 200).save(rotated, format="JPEG", exif=exif)
+    truncated = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(truncated, "JPEG")
+    with zipfile.ZipFile(tmp_path / "images.zip", "w") as archive:
+        archive.writestr("rotated.jpg", rotated.getvalue())
+        archive.writestr("cut.jpg", truncated.getvalue()[:-100])
+    img = read_elevater_image(f"{tmp_path}/images.zip@rotated.jpg")
+    assert (img.size, img.mode) == ((4, 8), "RGB")
+    assert read_elevater_image(f"{tmp_path}/images.zip@cut.jpg").size == (32, 32)
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False  # allowed for that image only
+
+
 class _Images(Dataset):
     def __init__(self, items):
         self.items = items

@@ -12,7 +12,7 @@ import os
 import zipfile
 from typing import Dict, List, NamedTuple, Tuple
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 __all__ = ["IndexedImage", "read_iris_index", "read_coco_index", "read_labelmap", "read_elevater_image",
            "ZIP_MEMBER_MARK"]
@@ -112,6 +112,24 @@ def read_elevater_image(path: str) -> Image.Image:
         else:
             img = Image.open(path)
         with img:
+            _load_allowing_truncation(img)
             return ImageOps.exif_transpose(img).convert("RGB")
     except (UnidentifiedImageError, zipfile.BadZipFile, SyntaxError) as exc:
         raise OSError(f"Cannot read image {path}: {exc}") from exc
+
+
+def _load_allowing_truncation(img: Image.Image) -> None:
+    """Decode, accepting a truncated file as the toolkit does (PIL's LOAD_TRUNCATED_IMAGES).
+
+    The flag is global in PIL, so it is set only around this one retry.
+    """
+    try:
+        img.load()
+    except OSError as exc:
+        if "truncated" not in str(exc):
+            raise
+        previous, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, True
+        try:
+            img.load()
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = previous

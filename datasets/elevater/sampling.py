@@ -46,6 +46,7 @@ def sample_few_shot(items: Sequence[Item], num_classes: int, shots: int, seed: i
     random.Random(seed).shuffle(images)
     taken: List[Item] = []
     per_class = [0] * num_classes
+    short = num_classes  # classes with fewer than ``shots``: the original's min(per_class) < shots, in O(1)
     negatives = 0
     for image in images:
         if not image.labels:
@@ -60,7 +61,8 @@ def sample_few_shot(items: Sequence[Item], num_classes: int, shots: int, seed: i
             taken.append(image)
             for c in image.labels:
                 per_class[c] += 1
-        if min(per_class) >= shots:
+                short -= per_class[c] == shots
+        if short == 0:
             break
     return taken
 
