@@ -22,7 +22,7 @@ the first one (-1 for an image without any).
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from ..base import DatasetBase, Datum, dataset_root, require_file, require_folder
 from ..build import DATASET_REGISTRY
@@ -148,6 +148,14 @@ def single_task_split(train_images: List[IndexedImage], num_labels: int, multila
     return carve_validation(train_images, multilabel)
 
 
+class _TaskImage(NamedTuple):
+    """An image of one task in the union, labelled with global class ids."""
+
+    task: int
+    image: IndexedImage
+    labels: Tuple[int, ...]
+
+
 def build_elevater_multitask(cfg: Any, names: Sequence[str]) -> List[ElevaterDataset]:
     """MVLPT's multi-task ELEVATER data: tasks in sorted name order, one few-shot sampling
     (K per class of the union) and one greedy 80/20 split over all tasks' train images.
@@ -172,17 +180,6 @@ def build_elevater_multitask(cfg: Any, names: Sequence[str]) -> List[ElevaterDat
     return [ELEVATER_TASKS[name](cfg, train_val=([t.image for t in train if t.task == task_index],
                                                  [t.image for t in val if t.task == task_index]))
             for task_index, name in enumerate(ordered)]
-
-
-class _TaskImage:
-    """An image of one task in the union, labelled with global class ids."""
-
-    __slots__ = ("task", "image", "labels")
-
-    def __init__(self, task: int, image: IndexedImage, labels: Tuple[int, ...]) -> None:
-        self.task = task
-        self.image = image
-        self.labels = labels
 
 
 def _register_tasks() -> None:
