@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, Sequen
 from clip.errors import InvalidInputError, MissingInputError, UnreadableInputError
 from .base import DatasetBase, Datum
 from .build import build_dataset
+from .elevater.index import ZIP_MEMBER_MARK, read_elevater_image
 from .transforms import build_transform, interpolation_mode
 
 __all__ = ["Task", "DataManager", "DatasetWrapper", "build_data_loader", "build_sampler", "read_image",
@@ -46,6 +47,8 @@ def read_image(path: str, split: str = "") -> Image.Image:
     """Open an image as RGB; a missing or unreadable file is an error that names it and its split."""
     where = f"the {split} split" if split else "the data set's split"
     try:
+        if ZIP_MEMBER_MARK in path:
+            return read_elevater_image(path)
         with Image.open(path) as img:
             return img.convert("RGB")
     except FileNotFoundError as exc:

@@ -24,6 +24,7 @@ import torch
 
 from datasets.io import atomic_open, atomic_save
 from datasets.registry import Registry
+from trainers.engine import elevater_metrics
 
 if TYPE_CHECKING:
     from datasets.manager import Task
@@ -84,6 +85,10 @@ METRIC_REGISTRY = Registry("metric")
 METRIC_REGISTRY.register(Metric(accuracy, argmax_only=True), name="accuracy", aliases=("overall_acc",))
 METRIC_REGISTRY.register(Metric(mean_per_class_accuracy, argmax_only=True), name="mean_per_class",
                          aliases=("mean_acc", "mean-per-class"))
+# ELEVATER's own definitions (its mean per-class accuracy drops classes without test rows before the argmax).
+METRIC_REGISTRY.register(Metric(elevater_metrics.mean_per_class_accuracy), name="mean_per_class_accuracy")
+METRIC_REGISTRY.register(Metric(elevater_metrics.eleven_point_map), name="11point_mAP")
+METRIC_REGISTRY.register(Metric(elevater_metrics.roc_auc), name="roc_auc")
 
 EVALUATOR_REGISTRY = Registry("evaluator")
 
