@@ -372,3 +372,17 @@ def test_metric_lookup_and_shape_errors():
         get_metric("mean-per-class")
     with pytest.raises(ValueError, match=r"targets must be"):
         accuracy(torch.rand(3, 2), torch.tensor([0, 1]))
+
+
+def test_coop_trains_and_evaluates_on_elevater_tasks_read_from_their_zips(run_train, tmp_path):
+    from datasets.synthetic_elevater import write_elevater_task
+
+    root = str(tmp_path / "data")
+    for name in ("cifar-10", "hateful-memes"):
+        write_elevater_task(root, name)
+    code, log = run_train("--root", root, "--seed", "1", "--trainer", "CoOp", "--dataset-config-file",
+                          "configs/datasets/synthetic.yaml", "--config-file", "configs/trainers/CoOp/tiny_vit_b16_ep10.yaml",
+                          "DATASET.NAME", "cifar-10,hateful-memes", "DATASET.NUM_SHOTS", "2", "OPTIM.MAX_EPOCH", "1",
+                          "TRAINER.COOP.N_CTX", "4", output_dir=str(tmp_path / "out"))
+    assert code == 0 and "=> task: cifar-10" in log and "=> task: hateful-memes" in log
+    assert "* overall_metric:" in log
