@@ -177,7 +177,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     results = getattr(trainer, "last_results", None)
     if results is not None:
         write_results(cfg.OUTPUT_DIR, results, cfg, extra={
-            "eval_only": args.eval_only, "model_dir": args.model_dir, "load_epoch": args.load_epoch})
+            "eval_only": args.eval_only, "model_dir": args.model_dir, "load_epoch": args.load_epoch,
+            **(trainer.results_report() if hasattr(trainer, "results_report") else {})})  # e.g. Adapt's "adapt"
     return 0
 
 
