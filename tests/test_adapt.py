@@ -254,3 +254,173 @@ def test_tiny_report_follows_the_models_own_widths_and_depth(tiny_clip):
                                       TINY_CONFIGS["tiny-ViT-B/16"]["transformer_width"])
     assert report["kept_tokens"] == {"image": [3] * layers, "text": [2] + [3] * (tiny_clip.transformer.layers - 1)}
     assert report["trainable_params"] == width_img * 3 * layers + width_txt * (3 * tiny_clip.transformer.layers - 1)
+
+
+# ----- the trainer end to end -------------------------------------------------------------------------
+
+def train_main(*argv):
+    """``train.py`` in-process; returns (exit code, text of the run's newest log)."""
+    import train
+    from trainers.engine.logger import close_logger
+
+    out = argv[argv.index("--output-dir") + 1]
+    try:
+        code = train.main(list(argv))
+    finally:
+        close_logger()
+    logs = sorted(f for f in os.listdir(out) if f.startswith("log.txt"))
+    return code, open(os.path.join(out, logs[-1])).read()
+
+
+def adapt_args(root, out, *opts, flags=(), trainer_args=TINY_ADAPT):
+    return ["--output-dir", str(out)] + list(trainer_args) + ["--root", root, "--seed", "1"] + list(flags) + \
+        ["DATASET.NUM_SHOTS", "2"] + list(opts)
+
+
+#: 4 epochs of 5 batches, a checkpoint after epoch 2 (mid-pruning: 1 minibatch in the open window)
+RUN_OPTS = ("TRAIN.CHECKPOINT_FREQ", "2", "TEST.SAVE_PREDICTIONS", "True")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(data_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("adapt") / "run"
+    code, log = train_main(*adapt_args(data_root, out, *RUN_OPTS))
+    assert code == 0
+    return str(out), log
+
+
+def prune_lines(log):
+    return re.findall(r"Adapt: pruned .*", log)
+
+
+def losses(log):
+    return [float(m) for m in re.findall(r" loss ([\d.]+) \(", log)]
+
+
+def accuracy(log):
+    return float(re.findall(r"\* accuracy: ([\d.]+)%", log)[-1])
+
+
+def checkpoint(run, epoch, folder="prompt_learner"):
+    return torch.load(os.path.join(run, folder, f"model.pth.tar-{epoch}"), weights_only=True)
+
+
+def test_run_prunes_after_warmup_to_the_target_and_reports_it(tiny_run, tiny_clip):
+    run, log = tiny_run
+    lines = prune_lines(log)
+    assert lines[0].startswith("Adapt: pruned 2 tokens at epoch 2 batch 2")  # warmup 1 epoch, N_K 2, R_P 2
+    assert len(lines) == (16 - 6) // 2 and "kept 6 " in lines[-1]
+    assert "Adapt: final kept tokens 6 (T_target 6 reached)" in log
+    state = checkpoint(run, 4)["state_dict"]
+    assert set(state) == {"image.prompts", "image.mask", "text.prompts", "text.mask"}
+    with open(os.path.join(run, "results.json")) as f:
+        report = json.load(f)["adapt"]
+    kept = {b: state[f"{b}.mask"].sum(dim=1).tolist() for b in ("image", "text")}
+    assert report["kept_tokens"] == kept and report["kept_total"] == 6 and report["reached_target"]
+    widths = {b: state[f"{b}.prompts"].shape[-1] for b in ("image", "text")}
+    params = sum(widths[b] * sum(kept[b]) for b in kept)
+    assert report["trainable_params"] == params
+    assert params == sum(int((p != 0).any(dim=-1).sum()) * p.shape[-1] for k, p in state.items() if "prompts" in k)
+    assert report["params_percent"] == pytest.approx(100 * params / clip_parameters_without_token_embedding(tiny_clip))
+
+    with open(os.path.join(run, "adapt_masks.json")) as f:
+        history = json.load(f)["epochs"]
+    assert [e["epoch"] for e in history] == [0, 1, 2, 3, 4]
+    totals = [sum(map(sum, e["image"])) + sum(map(sum, e["text"])) for e in history]
+    assert totals[:2] == [16, 16] and totals[-1] == 6 and totals == sorted(totals, reverse=True)
+    assert history[-1]["image"] == state["image.mask"].int().tolist()
+
+
+def test_checkpoint_holds_zero_vectors_and_zero_momentum_for_pruned_tokens(tiny_run):
+    saved = checkpoint(tiny_run[0], 4)
+    momentum = [s["momentum_buffer"] for s in saved["optimizer"]["state"].values()]
+    assert len(momentum) == 2
+    for branch in ("image", "text"):
+        prompts, mask = saved["state_dict"][f"{branch}.prompts"], saved["state_dict"][f"{branch}.mask"]
+        assert torch.all(prompts[~mask] == 0) and torch.all(prompts[mask].abs().sum(dim=-1) > 0)
+        buffer = next(m for m in momentum if m.shape == prompts.shape)
+        assert torch.all(buffer[~mask] == 0) and torch.all(buffer[mask].abs().sum(dim=-1) > 0)
+
+
+def test_eval_only_restores_the_masks_and_reproduces_the_predictions(tiny_run, data_root, tmp_path):
+    run, log = tiny_run
+    out = tmp_path / "eval"
+    code, eval_log = train_main(*adapt_args(data_root, out, "TEST.SAVE_PREDICTIONS", "True",
+                                            flags=["--model-dir", run, "--load-epoch", "4", "--eval-only"]))
+    assert code == 0 and accuracy(eval_log) == accuracy(log)
+    with open(out / "results.json") as f:
+        assert json.load(f)["adapt"]["kept_total"] == 6
+    trained, evaluated = (open(os.path.join(d, "predictions.csv")).read().splitlines() for d in (run, str(out)))
+    assert len(trained) == 1 + 80
+    for a, b in zip(trained[1:], evaluated[1:]):
+        a, b = a.split(","), b.split(",")
+        assert a[:3] == b[:3]
+        assert torch.allclose(torch.tensor([float(v) for v in a[3:]]), torch.tensor([float(v) for v in b[3:]]),
+                              atol=1e-4)
+
+
+def test_resume_mid_pruning_prunes_exactly_as_the_uninterrupted_run(tiny_run, data_root, tmp_path):
+    """Stop after epoch 2 (one minibatch in the open window), resume: same prunes, losses, masks."""
+    run, log = tiny_run
+    resumed = str(tmp_path / "resumed")
+    shutil.copytree(run, resumed)
+    os.remove(os.path.join(resumed, "prompt_learner", "model.pth.tar-4"))
+    with open(os.path.join(resumed, "prompt_learner", "checkpoint"), "w") as f:
+        f.write("model.pth.tar-2\n")
+    os.remove(os.path.join(resumed, "results.json"))
+    assert checkpoint(resumed, 2)["trainer_state"]["method"]["schedule"]["count"] == 1
+    code, resumed_log = train_main(*adapt_args(data_root, resumed, *RUN_OPTS))
+    assert code == 0 and "epoch [1/4]" not in resumed_log and "epoch [3/4]" in resumed_log
+    tail = [line for line in prune_lines(log) if re.search(r"at epoch [34] ", line)]
+    assert prune_lines(resumed_log) == tail and tail[0].startswith("Adapt: pruned 2 tokens at epoch 3 batch 1")
+    n = len(losses(resumed_log))
+    assert n > 0 and losses(resumed_log) == losses(log)[-n:]
+    assert accuracy(resumed_log) == accuracy(log)
+    for key, value in checkpoint(run, 4)["state_dict"].items():
+        assert torch.equal(checkpoint(resumed, 4)["state_dict"][key], value), key
+
+
+def test_mask_analysis_writes_kept_tokens_per_epoch_branch_and_layer(tiny_run, tmp_path, tiny_clip):
+    from trainers.analysis import adapt_masks
+
+    assert adapt_masks.main([tiny_run[0], "--output-dir", str(tmp_path)]) == 0
+    with open(tmp_path / "adapt_masks.csv") as f:
+        rows = f.read().splitlines()
+    layers = tiny_clip.visual.transformer.layers + tiny_clip.transformer.layers
+    assert rows[0] == "epoch,branch,layer,kept,slots" and len(rows) == 1 + 5 * layers
+    assert rows[1] == "0,image,1,4,4"
+    last = [r.split(",") for r in rows[-layers:]]
+    assert sum(int(r[3]) for r in last) == 6
+
+
+def test_dept_around_adapt_trains_prunes_and_saves_the_masks(data_root, tmp_path):
+    """``ExtrasLinearProbeAdapt`` resolves with no DePT code for Adapt; Adapt's hooks run inside it."""
+    out = tmp_path / "dept"
+    args = ["--trainer", "ExtrasLinearProbeAdapt", "--dataset-config-file", "configs/datasets/synthetic.yaml",
+            "--config-file", "configs/trainers/Adapt/tiny_vit_b16_ep4.yaml"]
+    code, log = train_main(*adapt_args(data_root, out, "DATASET.SUBSAMPLE_CLASSES", "base", "OPTIM.MAX_EPOCH", "1",
+                                       "TRAINER.ADAPT.WARMUP_EPOCHS", "0", trainer_args=args))
+    assert code == 0 and "* accuracy:" in log
+    assert prune_lines(log)[0].startswith("Adapt: pruned 2 tokens at epoch 1 batch 2")
+    state = checkpoint(str(out), 1, folder="PromptLearner")["state_dict"]
+    assert int(state["prompt_learner.image.mask"].sum() + state["prompt_learner.text.mask"].sum()) < 16
+    assert any(k.startswith("linear_probe_proj") for k in state)
+    with open(out / "results.json") as f:
+        assert json.load(f)["adapt"]["kept_total"] < 16
+
+
+def test_config_errors_name_the_key(data_root, tmp_path):
+    import train
+    from trainers.engine.logger import close_logger
+    from trainers.engine.registry import build_trainer
+
+    for opts, message in ((("TRAINER.ADAPT.SCORE", "taylor"), "TRAINER.ADAPT.SCORE must be one of"),
+                          (("TRAINER.ADAPT.TEXT_TEMPLATE", "a photo"), "TEXT_TEMPLATE must hold one"),
+                          (("TRAINER.ADAPT.PRUNE_DEADLINE_EPOCH", "1"), "deadline epoch 1 must come after"),
+                          (("MODEL.BACKBONE.NAME", "tiny-RN50"), "needs a ViT backbone")):
+        cfg = train.setup_cfg(train.build_parser().parse_args(adapt_args(data_root, tmp_path, *opts)))
+        try:
+            with pytest.raises(ValueError, match=message):
+                build_trainer(cfg)
+        finally:
+            close_logger()
