@@ -424,3 +424,68 @@ def test_config_errors_name_the_key(data_root, tmp_path):
                 build_trainer(cfg)
         finally:
             close_logger()
+
+
+# ----- T_target selection, tables, scripts ----------------------------------------------------------------
+
+def test_selection_takes_the_best_mean_validation_target_ties_to_the_smaller():
+    from trainers.analysis.adapt_select import select
+
+    val = {16: {1: 80.0, 2: 70.0}, 32: {1: 70.0, 2: 90.0}, 64: {1: 90.0, 2: 70.0}, 128: {1: 60.0}}
+    test = {16: {1: 50.0, 2: 52.0}, 32: {1: 60.0, 2: 62.0}, 64: {1: 70.0, 2: 72.0}, 128: {1: 99.0, 2: 99.0}}
+    choice = select(test, val)
+    assert choice["seeds"] == [1]  # seed 2 lacks a validation result for T 128
+    assert choice["target"] == 64 and choice["test"] == 70.0
+    del val[128]
+    choice = select(test, val)
+    assert choice["seeds"] == [1, 2] and choice["target"] == 32  # 32 and 64 tie at 80.0: the smaller T
+    assert choice["test"] == 61.0
+    assert choice["per_seed_targets"] == {1: 64, 2: 32} and choice["per_seed_test"] == (70.0 + 62.0) / 2
+
+
+def fake_run(root, dataset, variant, seed, acc, params, reached=True):
+    folder = os.path.join(root, dataset, "shots_16", "Adapt", "vit_b16", variant, f"seed{seed}")
+    os.makedirs(folder)
+    record = {"metrics": {"accuracy": acc}, "adapt": {"trainable_params": params, "params_percent": params / 1e4,
+                                                      "gmacs": 17.6, "reached_target": reached}}
+    with open(os.path.join(folder, "results.json"), "w") as f:
+        json.dump(record, f)
+
+
+def test_tables_print_our_seed_means_beside_the_papers_rows(tmp_path, capsys):
+    from trainers.analysis import adapt_tables
+
+    fake_run(str(tmp_path), "eurosat", "T128_ctx16_snip", 1, 90.0, 80_000)
+    fake_run(str(tmp_path), "eurosat", "T128_ctx16_snip", 2, 92.0, 82_000, reached=False)
+    fake_run(str(tmp_path), "dtd", "T128_ctx16_snip", 1, 70.0, 81_000)
+    assert adapt_tables.main([str(tmp_path), "--table", "1"]) == 0
+    out = capsys.readouterr().out
+    ours = next(line for line in out.splitlines() if "ours: Adapt T=128" in line)
+    assert "81,000 (8.100)" in ours and "| 70.00 " in ours and "| 91.00 " in ours and "80.50*" in ours
+    paper = next(line for line in out.splitlines() if "paper: Adapt T=128" in line)
+    assert "82,227 (0.066)" in paper and paper.rstrip(" |").endswith("81.70")
+    assert "1 of 3 of our runs ended above their T_target" in out
+
+
+def test_select_script_trains_the_grid_evaluates_on_validation_and_chooses(data_root, tmp_path):
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for name in ("configs", "scripts", "train.py"):
+        os.symlink(os.path.join(repo, name), tmp_path / name)
+    env = dict(os.environ, DATA=data_root, SEEDS="1", PYTHON=sys.executable, PYTHONPATH=repo, GRID="6 12",
+               CFG="tiny_vit_b16_ep4", SHOTS="2", MAX_CTX="4",
+               EXTRA_OPTS="OPTIM.MAX_EPOCH 1 TRAINER.ADAPT.WARMUP_EPOCHS 0")
+    run = subprocess.run(["bash", "scripts/adapt/select_ttarget.sh", "synthetic"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    variant = "synthetic/shots_2/Adapt/tiny_vit_b16_ep4/T12_ctx4_snip/seed1"
+    with open(tmp_path / "output/adapt" / variant / "results.json") as f:
+        trained = json.load(f)
+    with open(tmp_path / "output/adapt_val" / variant / "results.json") as f:
+        validated = json.load(f)
+    assert trained["adapt"]["kept_total"] == 12 and validated["adapt"]["kept_total"] == 12  # 1 epoch: 16 -> 12
+    assert validated["split"] == "val" and validated["eval_only"]
+    row = next(line for line in run.stdout.splitlines() if line.startswith("| synthetic"))
+    assert re.search(r"\| synthetic\s+\| (6|12)\s+\|", row)
