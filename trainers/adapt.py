@@ -219,8 +219,9 @@ class Adapt(PromptTrainer):
                              f"MODEL.BACKBONE.NAME {self.cfg.MODEL.BACKBONE.NAME!r} has a ResNet image encoder")
         learner = AdaptPromptLearner(clip_model, self.prompt_texts(), opts.MAX_CTX, opts.INIT_STD)
         capacity = learner.image.mask.numel() + learner.text.mask.numel()
+        more = " ..." if len(learner.prompt_texts) > 3 else ""
         print(f"Adapt: {capacity} prompt slots ({opts.MAX_CTX} per layer and branch), T_target {opts.T_TARGET}, "
-              f"score {opts.SCORE}; text prompts: {learner.prompt_texts[:3]}{' ...' if len(learner.prompt_texts) > 3 else ''}")
+              f"score {opts.SCORE}; text prompts: {learner.prompt_texts[:3]}{more}")
         if opts.T_TARGET >= capacity:
             print(f"Note: T_TARGET {opts.T_TARGET} >= the {capacity} slots: nothing will be pruned")
         return AdaptCLIP(clip_model, learner)
