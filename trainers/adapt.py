@@ -305,6 +305,5 @@ class Adapt(PromptTrainer):
         return {"schedule": self.schedule.state_dict(), "mask_history": list(self.mask_history)}
 
     def load_state_dict(self, state: Mapping) -> None:
-        if "schedule" in state:
-            self.schedule.load_state_dict(state["schedule"])
-            self.mask_history = list(state["mask_history"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.mask_history = list(state["mask_history"])
