@@ -216,7 +216,8 @@ def run(args) -> int:
         results = getattr(trainer, "last_results", None)
         if results is not None:
             write_results(cfg.OUTPUT_DIR, results, cfg, extra={
-                "eval_only": args.eval_only, "model_dir": args.model_dir, "load_epoch": args.load_epoch})
+                "eval_only": args.eval_only, "model_dir": args.model_dir, "load_epoch": args.load_epoch,
+                **trainer.results_report()})
         return 0
 
 

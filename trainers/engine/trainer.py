@@ -225,6 +225,10 @@ class TrainerX:
         self.after_step()
 
     # ----- checkpoints ------------------------------------------------------------------
+    def results_report(self) -> Dict[str, Any]:
+        """Hook: method sections for ``results.json`` (Adapt's ``"adapt"``)."""
+        return {}
+
     def state_dict(self) -> Dict[str, Any]:
         """Hook: method state outside the registered modules that a resumed run needs (plain values)."""
         return {}
