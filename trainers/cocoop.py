@@ -66,9 +66,11 @@ class ConditionalPromptedCLIP(PromptedCLIP):
         for start in range(0, n_img, step):
             chunk = ctx[start:start + step]
             count = chunk.shape[0]
-            if shared:  # each image's start token + context once, then its C class tails
-                prefix = torch.cat([learner.token_prefix[:1].expand(count, -1, -1), chunk], dim=1)
-                suffix = learner.token_suffix.repeat(count, 1, 1)
+            if shared:  # each image's start token + context (+ fixed words) once, then its C class tails
+                common = learner.common_suffix_len
+                prefix = torch.cat([learner.token_prefix[:1].expand(count, -1, -1), chunk,
+                                    learner.token_suffix[:1, :common].expand(count, -1, -1)], dim=1)
+                suffix = learner.token_suffix[:, common:].repeat(count, 1, 1)
                 groups = torch.arange(count, device=chunk.device).repeat_interleave(n_cls)
                 features = self.clip.encode_text_shared_prefix(prefix, suffix, eot.repeat(count), groups)
             else:

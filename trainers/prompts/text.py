@@ -82,6 +82,17 @@ class TextContextLearner(nn.Module):
         self.register_buffer("tokenized_prompts", tokenized, persistent=False)
         self.n_cls = len(classnames)
         self.class_token_position = class_token_position
+        self.common_suffix_len = self._count_common_suffix_tokens()
+
+    def _count_common_suffix_tokens(self) -> int:
+        """Leading positions after the context that hold the same token for every class (MaPLe
+        learns only the first words of its phrase: "of a" follow as fixed text), short of any EOT."""
+        room = int(self.eot_positions.min()) - 1 - self.n_ctx
+        same = (self.token_suffix == self.token_suffix[:1]).all(dim=2).all(dim=0)
+        count = 0
+        while count < room and bool(same[count]):
+            count += 1
+        return count
 
     @property
     def eot_positions(self) -> torch.Tensor:
@@ -112,13 +123,16 @@ class TextContextLearner(nn.Module):
 
     def shared_prefix(self) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
         """(prefix [1, P, D], suffixes [C, L - P, D]) of the class prompts when their first P tokens
-        are the same for every class: start token + generic context (class at the end), or + its
-        first half (class in the middle). None for class-specific context or the class in front."""
+        are the same for every class: start token + generic context + fixed words every class
+        shares (class at the end), or + the context's first half (class in the middle). None for
+        class-specific context or the class in front."""
         if self.ctx.dim() != 2 or self.class_token_position == "front":
             return None
         start = self.token_prefix[:1]
         if self.class_token_position == "end":
-            return torch.cat([start, self.ctx.unsqueeze(0)], dim=1), self.token_suffix
+            common = self.common_suffix_len
+            prefix = torch.cat([start, self.ctx.unsqueeze(0), self.token_suffix[:1, :common]], dim=1)
+            return prefix, self.token_suffix[:, common:]
         half = self.n_ctx // 2
         if half == 0:
             return None
