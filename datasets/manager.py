@@ -18,7 +18,7 @@ from tabulate import tabulate
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 
 from .base import DatasetBase, Datum
-from .build import build_dataset
+from .build import TASK_SETS, build_dataset
 from .transforms import build_transform, interpolation_mode
 
 __all__ = ["Task", "DataManager", "DatasetWrapper", "build_data_loader", "build_sampler", "read_image",
@@ -129,8 +129,9 @@ def build_data_loader(cfg: Any, sampler_type: str, data_source: Sequence[Datum],
 
 
 def parse_dataset_names(name: str) -> List[str]:
-    """``"A, B"`` -> ``["A", "B"]``; each name once."""
+    """``"A, B"`` -> ``["A", "B"]``; each name once; a task set (``General10``) gives its members."""
     names = [n.strip() for n in name.split(",") if n.strip()]
+    names = [member for n in names for member in TASK_SETS.get(n, [n])]
     if not names:
         raise ValueError("DATASET.NAME is empty: set it to a registered data set (or a comma-separated list)")
     repeated = sorted({n for n in names if names.count(n) > 1})

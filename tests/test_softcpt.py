@@ -223,3 +223,90 @@ def test_dept_wraps_softcpt_multi_task(run_train, data_root, tmp_path):
     code, log = run_train(*cli("ExtrasLinearProbeMTCoOp", data_root, *TWO_TASKS, "TRAINER.LINEAR_PROBE.ROUTE", "base",
                                config="MTCoOp"), output_dir=str(tmp_path))
     assert code == 0 and "=> task: SyntheticB" in log and "Finish training" in log
+
+
+# ----- SoftCPT's data sets in the original's layouts ----------------------------------------------------------
+
+def write_images(folder, count, colour):
+    from PIL import Image
+    os.makedirs(folder, exist_ok=True)
+    for i in range(count):
+        Image.new("RGB", (32, 32), (colour, 10 * i, 0)).save(os.path.join(folder, f"{i}.png"))
+
+
+def data_cfg(root, name, shots=2, seed=1):
+    import train
+    argv = ["--root", str(root), "--seed", str(seed), "--dataset-config-file", "configs/datasets/synthetic.yaml",
+            "DATASET.NAME", name, "DATASET.NUM_SHOTS", str(shots), "DATALOADER.NUM_WORKERS", "0"]
+    return train.setup_cfg(train.build_parser().parse_args(argv))
+
+
+def test_a_plant6_member_writes_its_split_with_the_originals_meta_and_caches_few_shot_per_task(tmp_path):
+    from datasets import build_dataset
+    from datasets.io import read_json
+
+    for c, name in enumerate(["Agaricus", "Boletus", "Russula"]):
+        write_images(tmp_path / "kaggle_mushroom" / "Mushrooms" / name, 10, 40 * c)
+    dataset = build_dataset(data_cfg(tmp_path, "KaggleMushroom"))
+    split = read_json(str(tmp_path / "kaggle_mushroom" / "split_dk_KaggleMushroom.json"))
+    assert split["meta"] == {"taskid2cname": [["Agaricus", "Boletus", "Russula"]],
+                             "taskid2desc": ["classify mushroom images into 3 categories"], "taskid2type": ["sl"],
+                             "taskid2tname": ["mushroom image classification"], "taskid2metric": ["overall_acc"]}
+    assert split["train"][0][1:] in ([[0], [0]], [[1], [0]], [[2], [0]]) and len(split["test"]) == 3 * 3
+    assert dataset.metric == "accuracy" and dataset.task_name == "mushroom image classification"
+    assert len(dataset.train_x) == 3 * 2 and len(dataset.val) == 3 * 2 and len(dataset.test) == 9
+
+    cache = tmp_path / "kaggle_mushroom" / "split_fewshot_mt" / "KaggleMushroom-shot_2-seed_1.json"
+    assert read_json(str(cache))["task"] == "KaggleMushroom"
+    again = build_dataset(data_cfg(tmp_path, "KaggleMushroom"))
+    assert [d.impath for d in again.train_x] == [d.impath for d in dataset.train_x]
+    assert len(build_dataset(data_cfg(tmp_path, "KaggleMushroom", shots=1)).train_x) == 3
+    # A new split file (e.g. the original's, copied in) is never served the old split's few-shot cache.
+    old_fingerprint = read_json(str(cache))["split_sha1"]
+    split["train"], split["val"] = split["train"][::-1], split["val"][::-1]
+    split["meta"]["taskid2tname"] = ["edible mushroom image classification"]
+    from datasets.io import write_json
+    os.remove(tmp_path / "kaggle_mushroom" / "split_dk_KaggleMushroom.json")
+    write_json(split, str(tmp_path / "kaggle_mushroom" / "split_dk_KaggleMushroom.json"))
+    renewed = build_dataset(data_cfg(tmp_path, "KaggleMushroom"))
+    assert renewed.task_name == "edible mushroom image classification"
+    assert read_json(str(cache))["split_sha1"] != old_fingerprint
+
+
+def test_general10_members_use_coop_procedures_and_the_originals_metrics(tmp_path):
+    from datasets import build_dataset
+
+    for c in range(3):
+        write_images(tmp_path / "dtd" / "images" / f"texture{c}", 10, 50 * c)
+    dataset = build_dataset(data_cfg(tmp_path, "DescribableTexturesMT"))
+    assert os.path.isfile(tmp_path / "dtd" / "split_dk_DescribableTextures.json")
+    assert dataset.metric == "accuracy" and dataset.task_name == "texture image classification"
+    from datasets.build import DATASET_REGISTRY
+    metrics = {name: DATASET_REGISTRY.get(name).original_metric
+               for name in ["Caltech101MT", "FGVCAircraftMT", "OxfordFlowersMT", "OxfordPetsMT", "SUN397MT"]}
+    assert metrics == {"Caltech101MT": "mean_acc", "FGVCAircraftMT": "mean_acc", "OxfordFlowersMT": "mean_acc",
+                       "OxfordPetsMT": "mean_acc", "SUN397MT": "overall_acc"}
+
+
+def test_fashion20_tasks_read_task_info_and_use_mean_per_class_accuracy(tmp_path):
+    from datasets import DataManager
+
+    root = tmp_path / "fashion20"
+    rows = ["id\tname\tx\tclasses", "0\tpants type\t-\tjeans,shorts", "1\tpants length\t-\tlong,cropped,short"]
+    for task, n_classes in ((0, 2), (1, 3)):
+        for label in range(n_classes):
+            write_images(root / "images" / str(task) / str(label), 10, 60 * label)
+    (root / "task_info.csv").write_text("\n".join(rows) + "\n")
+    dm = DataManager(data_cfg(tmp_path, "Fashion20_t0,Fashion20_t1"))
+    assert [t.classnames for t in dm.tasks] == [["jeans", "shorts"], ["long", "cropped", "short"]]
+    assert [d.task_name for d in dm.datasets] == ["pants type", "pants length"]
+    assert {d.metric for d in dm.datasets} == {"mean_per_class_accuracy"}
+
+
+def test_task_sets_expand_to_their_members_in_the_originals_order():
+    from datasets.manager import parse_dataset_names
+
+    assert parse_dataset_names("General10")[:3] == ["Caltech101MT", "DescribableTexturesMT", "EuroSATMT"]
+    assert parse_dataset_names("Plant6") == ["FruitVegetable", "KaggleFlower", "KaggleMushroom", "KaggleVegetable",
+                                             "PlantSeedlingV1", "PlantVillage"]
+    assert len(parse_dataset_names("Fashion20")) == 20
