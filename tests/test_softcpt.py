@@ -93,6 +93,8 @@ def test_class_sampling_encodes_the_batch_classes_and_a_fraction_of_the_rest(dat
     assert int(selected[:10].sum()) == 1 + math.ceil(9 * 0.5) and int(selected[10:].sum()) == 1 + math.ceil(5 * 0.5)
     with pytest.raises(ValueError, match="needs TRAINER.MTCOOP.CSC True"):
         build(cli("MTCoOp", data_root, *TWO_TASKS, "TRAINER.MTCOOP.CLS_SAMPLE_RATE", "0.1"), tmp_path / "na")
+    with pytest.raises(ValueError, match="always pass lin"):
+        build(cli("MTCoOp", data_root, *TWO_TASKS, "TRAINER.MTCOOP.PG_TYPE", ""), tmp_path / "default")
 
 
 def test_loss_is_each_samples_own_task_cross_entropy_summed_over_the_batch_size(data_root, tmp_path):
