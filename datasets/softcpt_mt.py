@@ -67,27 +67,43 @@ TASK_DOMAINS = {
 
 #: PlantVillage folder -> class name (the original's names)
 PLANT_VILLAGE_NAMES = {
-    "Apple___Apple_scab": "apple leaf with scab disease", "Apple___Black_rot": "apple leaf with black rot",
-    "Apple___Cedar_apple_rust": "apple leaf with cedar apple rust", "Apple___healthy": "healthy apple leaf",
-    "Background_without_leaves": "background without leaves", "Blueberry___healthy": "healthy blueberry leaf",
-    "Cherry___Powdery_mildew": "cherry leaf with powdery mildew", "Cherry___healthy": "healthy cherry leaf",
+    "Apple___Apple_scab": "apple leaf with scab disease",
+    "Apple___Black_rot": "apple leaf with black rot",
+    "Apple___Cedar_apple_rust": "apple leaf with cedar apple rust",
+    "Apple___healthy": "healthy apple leaf",
+    "Background_without_leaves": "background without leaves",
+    "Blueberry___healthy": "healthy blueberry leaf",
+    "Cherry___Powdery_mildew": "cherry leaf with powdery mildew",
+    "Cherry___healthy": "healthy cherry leaf",
     "Corn___Cercospora_leaf_spot Gray_leaf_spot": "corn leaf with cercospora leaf spot or gray leaf spot",
-    "Corn___Common_rust": "corn leaf with common rust", "Corn___Northern_Leaf_Blight": "corn leaf with northern leaf blight",
-    "Corn___healthy": "healthy corn leaf", "Grape___Black_rot": "grape leaf with black rot",
+    "Corn___Common_rust": "corn leaf with common rust",
+    "Corn___Northern_Leaf_Blight": "corn leaf with northern leaf blight",
+    "Corn___healthy": "healthy corn leaf",
+    "Grape___Black_rot": "grape leaf with black rot",
     "Grape___Esca_(Black_Measles)": "grape leaf with black measles",
-    "Grape___Leaf_blight_(Isariopsis_Leaf_Spot)": "grape leaf with leaf blight", "Grape___healthy": "healthy grape leaf",
+    "Grape___Leaf_blight_(Isariopsis_Leaf_Spot)": "grape leaf with leaf blight",
+    "Grape___healthy": "healthy grape leaf",
     "Orange___Haunglongbing_(Citrus_greening)": "orange leaf with citrus greening disease",
-    "Peach___Bacterial_spot": "peach leaf with bacterial spot", "Peach___healthy": "healthy peach leaf",
-    "Pepper,_bell___Bacterial_spot": "pepper with bacterial spot", "Pepper,_bell___healthy": "healthy pepper leaf",
-    "Potato___Early_blight": "potato leaf with early blight", "Potato___Late_blight": "potato leaf with late blight",
-    "Potato___healthy": "healthy potato leaf", "Raspberry___healthy": "healthy raspberry leaf",
-    "Soybean___healthy": "healthy soybean leaf", "Squash___Powdery_mildew": "squash with powdery mildew",
-    "Strawberry___Leaf_scorch": "strawberry leaf with scorch disease", "Strawberry___healthy": "healthy strawberry leaf",
-    "Tomato___Bacterial_spot": "tomato leaf with bacterial spot", "Tomato___Early_blight": "tomato leaf with early blight",
-    "Tomato___Late_blight": "tomato leaf with late blight", "Tomato___Leaf_Mold": "tomato leaf with mold",
+    "Peach___Bacterial_spot": "peach leaf with bacterial spot",
+    "Peach___healthy": "healthy peach leaf",
+    "Pepper,_bell___Bacterial_spot": "pepper with bacterial spot",
+    "Pepper,_bell___healthy": "healthy pepper leaf",
+    "Potato___Early_blight": "potato leaf with early blight",
+    "Potato___Late_blight": "potato leaf with late blight",
+    "Potato___healthy": "healthy potato leaf",
+    "Raspberry___healthy": "healthy raspberry leaf",
+    "Soybean___healthy": "healthy soybean leaf",
+    "Squash___Powdery_mildew": "squash with powdery mildew",
+    "Strawberry___Leaf_scorch": "strawberry leaf with scorch disease",
+    "Strawberry___healthy": "healthy strawberry leaf",
+    "Tomato___Bacterial_spot": "tomato leaf with bacterial spot",
+    "Tomato___Early_blight": "tomato leaf with early blight",
+    "Tomato___Late_blight": "tomato leaf with late blight",
+    "Tomato___Leaf_Mold": "tomato leaf with mold",
     "Tomato___Septoria_leaf_spot": "tomato leaf with septoria leaf spot",
     "Tomato___Spider_mites Two-spotted_spider_mite": "tomato leaf with spider mites or two-spotted spider mite",
-    "Tomato___Target_Spot": "tomato leaf with target spot", "Tomato___Tomato_mosaic_virus": "tomato leaf with tomato mosaic virus",
+    "Tomato___Target_Spot": "tomato leaf with target spot",
+    "Tomato___Tomato_mosaic_virus": "tomato leaf with tomato mosaic virus",
     "Tomato___Tomato_Yellow_Leaf_Curl_Virus": "tomato leaf with tomato yellow leaf curl virus",
     "Tomato___healthy": "healthy tomato leaf",
 }
@@ -181,7 +197,8 @@ class SoftCPTSource(DatasetBase):
         data = read_json(self.split_path)
         meta = self.task_meta(data["meta"])
         names = meta["classnames"]
-        parts = [[Datum(impath=os.path.join(self.image_dir, path), label=int(labels[0]), classname=names[int(labels[0])])
+        parts = [[Datum(impath=os.path.join(self.image_dir, path), label=int(labels[0]),
+                        classname=names[int(labels[0])])
                   for path, labels, tasks in data[key] if int(tasks[0]) == self.task_index]
                  for key in ("train", "val", "test")]
         return parts[0], parts[1], parts[2], meta
@@ -266,7 +283,8 @@ TASK_SETS["General10"] = [f"{reader.__name__}MT" for reader, _ in GENERAL10]
 
 #: (name, base, folder, image folder, zero-shot template, renamed) in Plant-6's task order
 PLANT6 = (
-    ("FruitVegetable", PooledFolderSource, "fruit_vegetable", "images", "a photo of a {}, a type of fruit or vegetable.", {}),
+    ("FruitVegetable", PooledFolderSource, "fruit_vegetable", "images",
+     "a photo of a {}, a type of fruit or vegetable.", {}),
     ("KaggleFlower", FolderSource, "kaggle_flower_recognition", "flowers", "a photo of a {}, a type of flower.", {}),
     ("KaggleMushroom", FolderSource, "kaggle_mushroom", "Mushrooms", "a photo of a {}, a type of mushroom.", {}),
     ("KaggleVegetable", PooledFolderSource, "kaggle_vegetable", "images", "a photo of a {}, a type of vegetable.", {}),
@@ -280,8 +298,8 @@ for _name, _base, _folder, _images, _template, _renamed in PLANT6:
 TASK_SETS["Plant6"] = [entry[0] for entry in PLANT6]
 
 #: the garment each Fashion-20 task is about (its zero-shot template "a photo of {}, a type of <garment>.")
-FASHION20_GARMENTS = ["pants"] * 3 + ["tops"] * 4 + ["shoes"] * 7 + ["hat", "socks", "socks", "skirt", "tops",
-                                                                       "underwear"]
+FASHION20_GARMENTS = (["pants"] * 3 + ["tops"] * 4 + ["shoes"] * 7
+                      + ["hat", "socks", "socks", "skirt", "tops", "underwear"])
 
 
 class Fashion20Task(SoftCPTSource):
@@ -301,7 +319,8 @@ class Fashion20Task(SoftCPTSource):
     def build_splits(self) -> List[Splits]:
         splits = []
         for task, (_, classnames) in enumerate(self.task_info()):
-            folders = [(os.path.join(self.image_dir, str(task), str(label)), name) for label, name in enumerate(classnames)]
+            folders = [(os.path.join(self.image_dir, str(task), str(label)), name)
+                       for label, name in enumerate(classnames)]
             splits.append(split_class_folders(folders))
         return splits
 

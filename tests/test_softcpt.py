@@ -55,7 +55,8 @@ def test_every_softcpt_variant_trains_and_saves_the_original_folders(variant, ru
     assert code == 0 and "=> task: Synthetic" in log and "=> task: SyntheticB" in log
     class_aware, task_specific = variant[0] == "C", variant[2:] == "TS"
     class_specific = variant[:2] == "CS"
-    folders = ["prompt_learner", "task_prompt_learner", "prompt_gen"] + (["class_prompt_learner"] if class_aware else [])
+    folders = ["prompt_learner", "task_prompt_learner", "prompt_gen"]
+    folders += ["class_prompt_learner"] if class_aware else []
     assert sorted(f for f in os.listdir(out) if os.path.isdir(os.path.join(out, f)) and f != "tensorboard") == \
         sorted(folders)
     assert f"{len(folders)} steps per iteration" in log

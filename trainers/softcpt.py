@@ -204,8 +204,9 @@ class MTCoOp(PromptTrainer):
         names = list(modules)
         if self.cfg.TRAINER.MTCOOP.SINGLE_STEP:
             return {name: (optim, sched) if i == 0 else (None, None) for i, name in enumerate(names)}
-        print(f"One optimizer registered under {len(names)} names ({', '.join(names)}): {len(names)} steps "
-              "per iteration, as the original (TRAINER.MTCOOP.SINGLE_STEP True for one)")
+        if len(names) > 1:
+            print(f"One optimizer registered under {len(names)} names ({', '.join(names)}): {len(names)} steps "
+                  "per iteration, as the original (TRAINER.MTCOOP.SINGLE_STEP True for one)")
         return {name: (optim, sched) for name in names}
 
     def loss_terms(self, batch: Batch) -> StepOutput:
