@@ -89,10 +89,6 @@ class GeneratedContextPrompts(nn.Module):
         self.register_buffer("tokenized_prompts", tokenized, persistent=False)
         self.position = position
 
-    @property
-    def num_classes(self) -> int:
-        return self.token_prefix.shape[0]
-
     def eot_positions(self, classes: Optional[torch.Tensor] = None) -> torch.Tensor:
         tokens = self.tokenized_prompts if classes is None else self.tokenized_prompts[classes]
         return tokens.argmax(dim=-1)
