@@ -11,6 +11,7 @@ from .transforms import build_transform
 from . import (caltech101, dtd, eurosat, fgvc_aircraft, food101, imagenet, imagenet_a, imagenet_r,  # noqa: F401
                imagenet_sketch, imagenetv2, oxford_flowers, oxford_pets, stanford_cars, sun397, synthetic, ucf101)
 from . import elevater  # noqa: F401  (registers the 20 ELEVATER tasks under MVLPT's names)
+from . import softcpt_mt  # noqa: F401  (SoftCPT's General10, Plant6, Fashion20 and their members)
 
 __all__ = ["DATASET_REGISTRY", "build_dataset", "Datum", "DatasetBase", "DataManager", "DatasetWrapper", "Task",
            "build_transform"]

@@ -1,13 +1,15 @@
 """The data set registry and ``build_dataset`` (Dassl's names and message)."""
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Dict, List, Optional
 
 from clip.errors import InvalidInputError
 from .base import DatasetBase
 from .registry import Registry
 
 DATASET_REGISTRY = Registry("dataset")
+#: a multi-task data set name -> its member data sets, each one task (``DATASET.NAME General10``)
+TASK_SETS: Dict[str, List[str]] = {}
 
 
 def build_dataset(cfg: Any, name: Optional[str] = None) -> DatasetBase:

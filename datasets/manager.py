@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, Sequen
 
 from clip.errors import InvalidInputError, MissingInputError, UnreadableInputError
 from .base import DatasetBase, Datum
-from .build import build_dataset
+from .build import TASK_SETS, build_dataset
 from .elevater.index import ZIP_MEMBER_MARK, read_elevater_image
 from .transforms import build_transform, interpolation_mode
 
@@ -167,8 +167,9 @@ def build_data_loader(cfg: Any, sampler_type: str, data_source: Sequence[Datum],
 
 
 def parse_dataset_names(name: str) -> List[str]:
-    """``"A, B"`` -> ``["A", "B"]``; each name once."""
+    """``"A, B"`` -> ``["A", "B"]``; each name once; a task set (``General10``) gives its members."""
     names = [n.strip() for n in name.split(",") if n.strip()]
+    names = [member for n in names for member in TASK_SETS.get(n, [n])]
     if not names:
         raise InvalidInputError("DATASET.NAME is empty: set it to a registered data set (or a comma-separated list)")
     repeated = sorted({n for n in names if names.count(n) > 1})
