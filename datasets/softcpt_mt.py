@@ -19,7 +19,7 @@ Task-name texts: the original's ``task_name.txt`` files are unpublished except F
 "<domain> image classification" style, with descriptions "classify <domain> images into <C>
 categories" (``TASK_DOMAINS``). A split file's meta wins over them.
 
-Metrics: ``metric`` is "mean_per_class_accuracy" for the tasks the original marks ``mean_acc``
+Metrics: ``metric`` is "mean_per_class" for the tasks the original marks ``mean_acc``
 (Caltech101, FGVCAircraft, OxfordFlowers, OxfordPets and all of Fashion-20), else "accuracy".
 
 Few-shot (train K per class, val min(K, 4) per class, test full) is cached per member in
@@ -51,7 +51,7 @@ from .stanford_cars import StanfordCars
 from .sun397 import SUN397
 from .ucf101 import UCF101
 
-MEAN_PER_CLASS, ACCURACY = "mean_per_class_accuracy", "accuracy"
+MEAN_PER_CLASS, ACCURACY = "mean_per_class", "accuracy"
 #: the original's metric names -> the evaluator's
 METRIC_NAMES = {"mean_acc": MEAN_PER_CLASS, "overall_acc": ACCURACY}
 Splits = Tuple[List[Datum], List[Datum], List[Datum]]

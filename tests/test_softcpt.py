@@ -303,7 +303,7 @@ def test_fashion20_tasks_read_task_info_and_use_mean_per_class_accuracy(tmp_path
     dm = DataManager(data_cfg(tmp_path, "Fashion20_t0,Fashion20_t1"))
     assert [t.classnames for t in dm.tasks] == [["jeans", "shorts"], ["long", "cropped", "short"]]
     assert [d.task_name for d in dm.datasets] == ["pants type", "pants length"]
-    assert {d.metric for d in dm.datasets} == {"mean_per_class_accuracy"}
+    assert {d.metric for d in dm.datasets} == {"mean_per_class"}
 
 
 def test_task_sets_expand_to_their_members_in_the_originals_order():
@@ -349,8 +349,8 @@ def test_results_reader_scores_runs_by_each_tasks_metric_beside_the_paper(tmp_pa
     for seed, (caltech, dtd) in {1: (60.0, 50.0), 2: (70.0, 60.0)}.items():
         folder = tmp_path / "general10" / "SoftCPT-NATA" / "rn50_ep50_1shots" / f"seed{seed}"
         os.makedirs(folder)
-        per_task = {"Caltech101MT": {"accuracy": 0.0, "mean_per_class_accuracy": caltech},
-                    "DescribableTexturesMT": {"accuracy": dtd, "mean_per_class_accuracy": 0.0}}
+        per_task = {"Caltech101MT": {"accuracy": 0.0, "mean_per_class": caltech},
+                    "DescribableTexturesMT": {"accuracy": dtd, "mean_per_class": 0.0}}
         (folder / "results.json").write_text(json.dumps({"metrics": {"accuracy": 0.0}, "per_task": per_task}))
     assert results.main([str(tmp_path), "--dataset", "general10"]) == 0
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("SoftCPT-NATA "))

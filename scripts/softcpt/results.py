@@ -46,7 +46,7 @@ def run_score(results: dict) -> Tuple[float, bool]:
         return results["metrics"]["accuracy"], False
     scores, fell_back = [], False
     for task, metrics in per_task.items():
-        name = task_metric(task)
+        name = "metric" if "metric" in metrics else task_metric(task)  # "metric": the task's own, as scored
         if name not in metrics:
             name, fell_back = ACCURACY, True
         scores.append(metrics[name])
