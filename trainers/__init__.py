@@ -3,6 +3,7 @@ from trainers import coop, zsclip  # noqa: F401  (registration side effect)
 from trainers import cocoop  # noqa: F401
 from trainers import kgcoop  # noqa: F401
 from trainers import maple  # noqa: F401
+from trainers import mvlpt, vpt  # noqa: F401
 from trainers import dept  # noqa: F401  (ExtrasLinearProbe<Trainer> / DePT<Trainer> for every trainer)
 from trainers.engine.registry import TRAINER_REGISTRY, build_trainer
 
