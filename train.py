@@ -50,8 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--list-datasets", action="store_true", help="print the registered data sets and exit")
     mvlpt = parser.add_argument_group("MVLPT's arguments")
     mvlpt.add_argument("--dataset", type=str, default="",
-                       help="task(s), comma-separated: sets DATASET.NAME (sorted unless --dataset-coop, as MVLPT's "
-                            "multi-task ELEVATER path orders them) and DATASET.DATASET")
+                       help="task(s), comma-separated: sets DATASET.NAME and DATASET.DATASET; with --multi-task and "
+                            "without --dataset-coop sorted by name (MVLPT's ELEVATER order), else as given")
     mvlpt.add_argument("--shots", type=int, default=None,
                        help="shots per class: DATASET.NUM_SHOTS and DATASET.NUM_SAMPLES_PER_CLASS (0 is ignored)")
     mvlpt.add_argument("--dataset-coop", action="store_true", help="CoOp's data sets (DATASET.COOP)")

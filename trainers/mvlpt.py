@@ -284,12 +284,12 @@ class MVLPT(PromptTrainer):
         cfg = self.cfg
         if not cfg.TEST.NO_TEST and cfg.TEST.FINAL_MODEL == "best_val":
             self.test(split="val")
+            if cfg.TRAINER.MVLPT.SAVE_BEST_PER_TASK and self.multi_task:
+                self.save_best_per_task(self.last_results)
             score = self.selection_score(self.last_results)
             if score > self.best_result:
                 self.best_result = score
                 self.save_model(self.epoch, self.output_dir, val_result=score, model_name="model-best.pth.tar")
-            if cfg.TRAINER.MVLPT.SAVE_BEST_PER_TASK and self.multi_task:
-                self.save_best_per_task(self.last_results)
         freq = cfg.TRAIN.CHECKPOINT_FREQ
         if (freq > 0 and (self.epoch + 1) % freq == 0) or self.epoch + 1 == self.max_epoch:
             self.save_model(self.epoch, self.output_dir)
