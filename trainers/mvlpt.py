@@ -188,17 +188,18 @@ class MVLPT(PromptTrainer):
         self.best_per_task: Dict[str, float] = {}  # task -> best validation score (SAVE_BEST_PER_TASK)
         super().__init__(cfg)
 
-    def context_lengths(self, cfg) -> Tuple[int, int]:
+    @classmethod
+    def context_lengths(cls, cfg) -> Tuple[int, int]:
         """(text, visual) context lengths; the readable trainers fill a 0 with the paper's value and
         refuse a prompt type they do not learn."""
         opts = cfg.TRAINER.MVLPT
         configured = (opts.COOP.N_CTX, opts.VPT.N_CTX)
-        if self.paper_lengths is None:
+        if cls.paper_lengths is None:
             return configured
         lengths = []
-        for key, value, paper in zip(("COOP", "VPT"), configured, self.paper_lengths):
+        for key, value, paper in zip(("COOP", "VPT"), configured, cls.paper_lengths):
             if paper == 0 and value != 0:
-                raise ValueError(f"{type(self).__name__} learns no {'text' if key == 'COOP' else 'visual'} prompt: "
+                raise ValueError(f"{cls.__name__} learns no {'text' if key == 'COOP' else 'visual'} prompt: "
                                  f"TRAINER.MVLPT.{key}.N_CTX must be 0, got {value} (use MVLPT or MUPT)")
             lengths.append(value or paper)
         return lengths[0], lengths[1]

@@ -19,7 +19,7 @@ original, each small:
 from __future__ import annotations
 
 import re
-from typing import Dict
+from typing import Dict, Tuple
 
 import torch
 import torch.nn as nn
@@ -54,7 +54,8 @@ class VPT(MVLPT):
 
     config_node = "VPT"
 
-    def context_lengths(self, cfg):
+    @classmethod
+    def context_lengths(cls, cfg) -> Tuple[int, int]:
         return 0, cfg.TRAINER.VPT.N_CTX_VISION
 
     def check_cfg(self, cfg) -> None:
