@@ -355,5 +355,6 @@ def test_the_cross_task_script_chains_source_average_and_target(tmp_path, data_r
     source = tmp_path / "output/mvlpt/source/Synthetic,SyntheticB" / setting
     assert (source / "prompt_learner" / "model-best.pth.tar").is_file()  # the seeds' average
     target_log = (tmp_path / "output/mvlpt/target/SyntheticB" / setting / "seed1" / "log.txt").read_text()
-    assert f'Loading weights to prompt_learner from "{source}/prompt_learner/model-best.pth.tar"' in target_log
+    relative_source = source.relative_to(tmp_path)
+    assert f'Loading weights to prompt_learner from "{relative_source}/prompt_learner/model-best.pth.tar"' in target_log
     assert "* accuracy:" in target_log
