@@ -4,7 +4,6 @@ activation checkpointing, seed averaging, the scripts' chain, and DePT around ev
 import os
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -27,7 +26,7 @@ NAMES = ["red square", "blue circle", "green_triangle"]
 TWO_TASKS = ["--dataset", "Synthetic,SyntheticB", "--multi-task"]
 
 
-def tiny(fresh=False):
+def tiny():
     model, _ = clip.load("tiny-ViT-B/16", device="cpu")
     for p in model.parameters():
         p.requires_grad_(False)
@@ -298,7 +297,8 @@ def test_an_original_upt_checkpoint_evaluates_to_the_written_out_logits(mupt, tm
 
     code, log = run_train("--root", data_root, "--trainer", "MUPT", "--config-file",
                           "configs/trainers/MUPT/tiny_vit_b16_ep2.yaml", *TWO_TASKS, "--shots", "1", "--eval-only",
-                          "--model-dir", str(tmp_path / "original"), "--load-epoch", "3", output_dir=str(tmp_path / "e"))
+                          "--model-dir", str(tmp_path / "original"), "--load-epoch", "3",
+                          output_dir=str(tmp_path / "e"))
     assert code == 0 and "=> task: SyntheticB" in log and "* accuracy:" in log
 
 

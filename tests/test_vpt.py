@@ -9,7 +9,6 @@ import torch
 
 import clip
 import train
-from trainers.engine.config import merge_from_file
 from trainers.engine.registry import build_trainer
 from trainers.prompts.vision import VisualPromptLearner, vpt_uniform_bound
 
@@ -162,7 +161,8 @@ def test_the_maple_repositorys_yaml_loads_unchanged_as_its_variant():
     shared = os.path.join("/work/shared/peer-configs/multimodal-prompt-learning/configs/trainers/VPT")
     if os.path.isdir(shared):
         for name in os.listdir(shared):
-            assert open(os.path.join(shared, name)).read() == open(os.path.join(REPO, "configs/trainers/VPT", name)).read()
+            ours = os.path.join(REPO, "configs/trainers/VPT", name)
+            assert open(os.path.join(shared, name)).read() == open(ours).read()
 
 
 def vpt_trainer(data_root, tmp_path, *opts):

@@ -106,7 +106,7 @@ def apply_mvlpt_arguments(cfg, args) -> None:
         cfg.DATASET.NUM_SAMPLES_PER_CLASS = args.shots
         cfg.DATASET.NUM_SHOTS = args.shots
     elif args.shots == 0:
-        print("Note: --shots 0 is ignored as in MVLPT; pass the option DATASET.NUM_SHOTS 0 for all images")
+        print("Note: --shots 0 is ignored as in MVLPT; pass the option DATASET.NUM_SHOTS -1 for all images")
     if args.seed:
         cfg.DATASET.RANDOM_SEED_SAMPLING = args.seed
     cfg.DATASET.COOP = cfg.DATASET.COOP or args.dataset_coop

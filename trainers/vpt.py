@@ -81,7 +81,8 @@ class VPT(MVLPT):
 
     def learned_settings(self) -> str:
         opts = self.cfg.TRAINER.VPT
-        return f"this run has TRAINER.VPT.N_CTX_VISION {opts.N_CTX_VISION}, PROMPT_DEPTH_VISION {opts.PROMPT_DEPTH_VISION}"
+        return (f"this run has TRAINER.VPT.N_CTX_VISION {opts.N_CTX_VISION}, "
+                f"PROMPT_DEPTH_VISION {opts.PROMPT_DEPTH_VISION}")
 
     def adapt_loaded_state_dict(self, name: str, state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         """An original file's per-layer prompts -> ``vpt_embeddings(_deep)``; its frozen CLIP is skipped."""
