@@ -28,6 +28,7 @@ from trainers.engine.logger import report_error, setup_logger
 from trainers.engine.registry import TRAINER_REGISTRY, build_trainer, extend_cfg
 from trainers.engine.results import write_results
 from trainers.engine.trainer import TrainingStopped
+from trainers.mvlpt import apply_mvlpt_arguments
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,6 +58,21 @@ def build_parser() -> argparse.ArgumentParser:
                         help="show the Python traceback of input errors too (also VLPROMPT_DEBUG=1)")
     parser.add_argument("--list-trainers", action="store_true", help="print the registered trainers and exit")
     parser.add_argument("--list-datasets", action="store_true", help="print the registered data sets and exit")
+    mvlpt = parser.add_argument_group("MVLPT's arguments")
+    mvlpt.add_argument("--dataset", type=str, default="",
+                       help="task(s), comma-separated: sets DATASET.NAME and DATASET.DATASET; with --multi-task and "
+                            "without --dataset-coop sorted by name (MVLPT's ELEVATER order), else as given")
+    mvlpt.add_argument("--shots", type=int, default=None,
+                       help="shots per class: DATASET.NUM_SHOTS and DATASET.NUM_SAMPLES_PER_CLASS (0 is ignored)")
+    mvlpt.add_argument("--dataset-coop", action="store_true", help="CoOp's data sets (DATASET.COOP)")
+    mvlpt.add_argument("--multi-task", action="store_true", help="train on all --dataset tasks (DATASET.MULTITASK)")
+    mvlpt.add_argument("--multi-task-label_pertask", action="store_true",
+                       help="each sample's loss over its own task's classes (DATASET.MULTITASK_LABEL_PERTASK)")
+    mvlpt.add_argument("--multi-task-evalkey", type=str, default="average",
+                       help="model selection: 'average' over tasks or one task's name (DATASET.MULTITASK_EVALKEY)")
+    mvlpt.add_argument("--cut-contextlen", action="store_true", help="TRAINER.CUT_CONTEXTLEN")
+    mvlpt.add_argument("--act-ckpt", type=int, default=1,
+                       help="activation checkpointing segments (TRAINER.ACT_CKPT; 1: none)")
     parser.add_argument("opts", default=None, nargs=argparse.REMAINDER,
                         help="modify config options using the command line (KEY VALUE pairs)")
     return parser
@@ -86,6 +102,7 @@ def reset_cfg(cfg, args) -> None:
         cfg.MODEL.BACKBONE.NAME = args.backbone
     if args.head:
         cfg.MODEL.HEAD.NAME = args.head
+    apply_mvlpt_arguments(cfg, args)
 
 
 def setup_cfg(args):
