@@ -1,9 +1,11 @@
 """Train or evaluate a prompt-tuning method: CoOp's command line, on vlprompt's engine.
 
-    python train.py --root DATA --seed 1 --trainer CoOp \
-        --dataset-config-file configs/datasets/oxford_pets.yaml \
-        --config-file configs/trainers/CoOp/vit_b16.yaml --output-dir output/... \
-        TRAINER.COOP.N_CTX 16 DATASET.NUM_SHOTS 16
+example (flags first, then KEY VALUE config options):
+  python train.py --root ~/data --seed 1 --trainer CoOp
+      --dataset-config-file configs/datasets/oxford_pets.yaml
+      --config-file configs/trainers/CoOp/vit_b16.yaml
+      --output-dir output/oxford_pets/CoOp/seed1
+      TRAINER.COOP.N_CTX 16 DATASET.NUM_SHOTS 16
 """
 from __future__ import annotations
 
@@ -43,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config-file", type=str, default="", help="path to the trainer config file")
     parser.add_argument("--dataset-config-file", type=str, default="", help="path to the data set config file")
     parser.add_argument("--trainer", type=str, default="", help="name of the trainer")
-    parser.add_argument("--backbone", type=str, default="", help="name of the CNN backbone")
+    parser.add_argument("--backbone", type=str, default="",
+                        help="MODEL.BACKBONE.NAME: the CLIP model, e.g. ViT-B/16, RN50 (usually set by the config file)")
     parser.add_argument("--head", type=str, default="", help="name of the head")
     parser.add_argument("--eval-only", action="store_true", help="evaluation only")
     parser.add_argument("--model-dir", type=str, default="",

@@ -116,7 +116,6 @@ def make_writer(log_dir: str) -> Optional[Any]:
             _writer_unavailable_reported = True
         return None
     os.makedirs(log_dir, exist_ok=True)
-    print(f"Initialize tensorboard (log_dir={log_dir})")
     return SummaryWriter(log_dir=log_dir)
 
 
