@@ -19,16 +19,19 @@ from torch import Tensor, nn
 
 from .model import CLIP, build_model, convert_weights
 
+# Every OpenAI CLIP has a 12-layer text transformer; the tiny ones keep it, at a small width.
 _TEXT: Dict[str, Any] = dict(context_length=77, vocab_size=49408, transformer_width=64, transformer_heads=1,
-                             transformer_layers=2)
+                             transformer_layers=12)
 
-#: CLIP constructor arguments of each tiny configuration (text tower shared).
+#: CLIP constructor arguments of each tiny configuration (text tower shared). Each keeps its
+#: real model's depth (12 vision layers for ViT-B, RN50's stages (3, 4, 6, 3)) at a small width,
+#: so per-layer prompts (MaPLe's PROMPT_DEPTH 9, deep VPT) and the original recipes run unchanged.
 TINY_CONFIGS: Dict[str, Dict[str, Any]] = {
-    "tiny-ViT-B/16": dict(embed_dim=64, image_resolution=224, vision_layers=2, vision_width=128,
+    "tiny-ViT-B/16": dict(embed_dim=64, image_resolution=224, vision_layers=12, vision_width=128,
                           vision_patch_size=16, **_TEXT),
-    "tiny-ViT-B/32": dict(embed_dim=64, image_resolution=224, vision_layers=2, vision_width=128,
+    "tiny-ViT-B/32": dict(embed_dim=64, image_resolution=224, vision_layers=12, vision_width=128,
                           vision_patch_size=32, **_TEXT),
-    "tiny-RN50": dict(embed_dim=64, image_resolution=224, vision_layers=(1, 1, 1, 1), vision_width=16,
+    "tiny-RN50": dict(embed_dim=64, image_resolution=224, vision_layers=(3, 4, 6, 3), vision_width=16,
                       vision_patch_size=None, **_TEXT),
 }
 

@@ -89,8 +89,8 @@ def test_build_model_infers_vit(state_dicts):
     assert model.is_vit and not model.training
     v = model.visual
     assert (v.conv1.out_channels, v.conv1.kernel_size, v.input_resolution) == (128, (16, 16), 224)
-    assert len(v.transformer.resblocks) == 2 and v.transformer.resblocks[0].attn.num_heads == 2
-    assert model.transformer.width == 64 and model.transformer.layers == 2
+    assert len(v.transformer.resblocks) == 12 and v.transformer.resblocks[0].attn.num_heads == 2  # ViT-B's depth
+    assert model.transformer.width == 64 and model.transformer.layers == 12
     assert model.transformer.resblocks[0].attn.num_heads == 1
     assert (model.context_length, model.vocab_size, model.input_resolution) == (77, 49408, 224)
     assert model.text_projection.shape == (64, 64)
@@ -100,7 +100,7 @@ def test_build_model_infers_resnet(state_dicts):
     model = build_model(state_dicts[RN])
     assert not model.is_vit and not model.training
     v = model.visual
-    assert [len(getattr(v, f"layer{b}")) for b in (1, 2, 3, 4)] == [1, 1, 1, 1]
+    assert [len(getattr(v, f"layer{b}")) for b in (1, 2, 3, 4)] == [3, 4, 6, 3]  # RN50's stages
     assert v.conv3.out_channels == 16 and v.input_resolution == 224
     assert v.attnpool.num_heads == 8 and v.attnpool.positional_embedding.shape == (50, 512)
     assert v.attnpool.c_proj.out_features == 64
@@ -457,8 +457,8 @@ def test_kv_text_prompts_match_explicit_block_computation(vit):
 
 def test_prompt_lists_longer_than_the_stack_are_rejected(vit):
     text = tokenize(["cat"])
-    with pytest.raises(ValueError, match="3 entries but the transformer has 2 layers"):
-        vit.encode_text_embeddings(vit.token_embedding(text), text.argmax(-1), deep_prompts=[None] * 3)
+    with pytest.raises(ValueError, match="13 entries but the transformer has 12 layers"):
+        vit.encode_text_embeddings(vit.token_embedding(text), text.argmax(-1), deep_prompts=[None] * 13)
 
 
 def test_gradients_reach_all_prompt_kinds(vit):
@@ -496,7 +496,7 @@ def test_vpt_prompts_inserted_after_cls_and_replaced_per_layer(vit, before_ln_pr
         vit.encode_image(images, prompts=shallow, prompts_before_ln_pre=before_ln_pre)
         deep = vit.encode_image(images, prompts=shallow, deep_prompts=[None, deep1],
                                 prompts_before_ln_pre=before_ln_pre)
-    (plain0, shallow0, deep0), (_, shallow1, deep1_in) = seen
+    (plain0, shallow0, deep0), (_, shallow1, deep1_in) = seen[:2]  # blocks 0 and 1 of 12
     assert deep0.shape == (2, 1 + n + 196, 128)
     expected = vit.visual.ln_pre(shallow) if before_ln_pre else shallow
     torch.testing.assert_close(deep0[:, 1:1 + n], expected.expand(2, n, 128), rtol=0, atol=1e-6)
@@ -561,7 +561,7 @@ def test_wrong_shape_state_dict_is_a_clear_error(state_dicts):
     mismatch = r"transformer\.resblocks\.1\.mlp\.c_fc\.weight \(10, 64\) vs \(256, 64\)"
     with pytest.raises(ValueError, match=mismatch) as info:
         build_model(sd)
-    assert "ViT(width=128, layers=2, patch=16" in str(info.value)
+    assert "ViT(width=128, layers=12, patch=16" in str(info.value)
 
 
 def test_missing_and_unexpected_keys_are_named(state_dicts):
@@ -573,7 +573,7 @@ def test_missing_and_unexpected_keys_are_named(state_dicts):
     message = str(info.value)
     assert "missing keys (1): visual.layer2.0.bn1.running_var" in message
     assert "unexpected keys (1): visual.extra.weight" in message
-    assert "ModifiedResNet(layers=(1, 1, 1, 1), width=16" in message
+    assert "ModifiedResNet(layers=(3, 4, 6, 3), width=16" in message
 
 
 def test_non_clip_state_dict_is_a_clear_error():

@@ -257,6 +257,7 @@ def accuracy(log):
     return float(re.findall(r"\* accuracy: ([\d.]+)%", log)[-1])
 
 
+@pytest.mark.slow
 def test_base_training_then_new_class_evaluation_from_the_checkpoint(run_train, data_root, tmp_path):
     out = str(tmp_path / "base")
     code, log = run_train(*maple_args(data_root, "DATASET.SUBSAMPLE_CLASSES", "base"), output_dir=out)
@@ -265,9 +266,10 @@ def test_base_training_then_new_class_evaluation_from_the_checkpoint(run_train, 
     assert len(per_epoch) == 2 and per_epoch[-1] < per_epoch[0], per_epoch
     path = os.path.join(out, "MultiModalPromptLearner", "model.pth.tar-2")
     saved = torch.load(path, weights_only=True)["state_dict"]
-    assert set(saved) == {"prompt_learner." + k for k in ("ctx", "proj.weight", "proj.bias", "compound_prompts_text.0",
-                          "compound_prompt_projections.0.weight", "compound_prompt_projections.0.bias",
-                          "token_prefix", "token_suffix")}
+    deep = [f"compound_prompts_text.{i}" for i in range(8)] + [
+        f"compound_prompt_projections.{i}.{w}" for i in range(8) for w in ("weight", "bias")]  # PROMPT_DEPTH 9
+    assert set(saved) == {"prompt_learner." + k for k in ["ctx", "proj.weight", "proj.bias", "token_prefix",
+                                                         "token_suffix"] + deep}
 
     base_eval = ["--model-dir", out, "--load-epoch", "2", "--eval-only"]
     code, log_again = run_train(*(base_eval + maple_args(data_root, "DATASET.SUBSAMPLE_CLASSES", "base")),
@@ -279,6 +281,27 @@ def test_base_training_then_new_class_evaluation_from_the_checkpoint(run_train, 
     assert "SUBSAMPLE NEW CLASSES!" in log_new and "* total: 40" in log_new
 
 
+ORIGINAL_RECIPE = "configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml"
+
+
+@pytest.mark.slow
+def test_original_recipe_with_prompt_depth_nine_runs_on_the_tiny_clip(run_train, data_root, tmp_path):
+    """MaPLe's own YAML (PROMPT_DEPTH 9, PREC fp16) as written, but for the backbone, a short run and no
+    loader workers: the tiny CLIP's 12 layers take every deep prompt."""
+    out = str(tmp_path)
+    code, log = run_train("--root", data_root, "--seed", "1", "--trainer", "MaPLe", "--dataset-config-file",
+                          "configs/datasets/synthetic.yaml", "--config-file", ORIGINAL_RECIPE,
+                          "MODEL.BACKBONE.NAME", "tiny-ViT-B/16", "OPTIM.MAX_EPOCH", "1", "DATASET.NUM_SHOTS", "1",
+                          "DATASET.SUBSAMPLE_CLASSES", "base", "DATALOADER.NUM_WORKERS", "0", output_dir=out)
+    assert code == 0 and "Finish training" in log and "* total: 40" in log and "* accuracy:" in log
+    saved = torch.load(os.path.join(out, "MultiModalPromptLearner", "model.pth.tar-1"), weights_only=True)
+    state = saved["state_dict"]
+    assert {k for k in state if ".compound_prompts_text." in k} == {
+        f"prompt_learner.compound_prompts_text.{i}" for i in range(8)}  # layers 1..8 after the first
+    assert state["prompt_learner.ctx"].dtype == torch.float16  # the recipe's fp16, kept
+
+
+@pytest.mark.slow
 def test_amp_trains_on_the_cpu_with_bfloat16(run_train, data_root, tmp_path, tiny_clip):
     code, log = run_train(*maple_args(data_root, "TRAINER.MAPLE.PREC", "amp", "DATASET.NUM_SHOTS", "1",
                                       "DATASET.SUBSAMPLE_CLASSES", "base", "OPTIM.MAX_EPOCH", "1",
@@ -345,7 +368,7 @@ def test_original_checkpoint_loads_for_eval_and_reproduces_the_logits(data_root,
 def test_backbone_and_depth_errors_name_the_requirement(data_root, tmp_path):
     with pytest.raises(ValueError, match="needs a ViT backbone.*tiny-RN50"):
         build(data_root, tmp_path, "MODEL.BACKBONE.NAME", "tiny-RN50")
-    with pytest.raises(ValueError, match=r"PROMPT_DEPTH 3 exceeds the layers of 'tiny-ViT-B/16' \(text 2, vision 2\)"):
-        build(data_root, tmp_path, "TRAINER.MAPLE.PROMPT_DEPTH", "3")
+    with pytest.raises(ValueError, match=r"PROMPT_DEPTH 13 exceeds the layers of 'tiny-ViT-B/16' \(text 12, vision 12\)"):
+        build(data_root, tmp_path, "TRAINER.MAPLE.PROMPT_DEPTH", "13")
     with pytest.raises(ValueError, match="PROMPT_DEPTH must be >= 1"):
         build(data_root, tmp_path, "TRAINER.MAPLE.PROMPT_DEPTH", "0")
