@@ -126,7 +126,7 @@ def upt_gradients(segments):
         checkpoint_blocks(tower, segments)
     learner = MultitaskVLPromptLearner(model, NAMES, 2, VisualPromptLearner(model, 2))
     calls = []
-    model.visual.transformer.resblocks[0].attn.register_forward_hook(lambda *_: calls.append(1))
+    model.visual.transformer.resblocks[0].ln_1.register_forward_hook(lambda *_: calls.append(1))
     logits = UnifiedPromptedCLIP(model, learner)(images())
     F.cross_entropy(logits, torch.tensor([0, 2])).backward()
     return [p.grad.clone() for p in learner.parameters()], len(calls)

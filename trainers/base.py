@@ -86,7 +86,8 @@ class PromptedCLIP(nn.Module):
         """Text features of a prompt learner's class prompts: the tokens all classes share (start
         token + context) run once when the learner offers them (``shared_prefix``) and
         ``MODEL.BACKBONE.SHARED_PREFIX`` is on; otherwise every class prompt runs in full."""
-        shared = learner.shared_prefix() if getattr(self.clip, "shared_prefix", False) else None
+        offers = getattr(self.clip, "shared_prefix", False) and hasattr(learner, "shared_prefix")
+        shared = learner.shared_prefix() if offers else None
         if shared is None:
             return self.clip.encode_text_embeddings(learner(), learner.eot_positions, deep_prompts=deep_prompts)
         prefix, suffix = shared
