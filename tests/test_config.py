@@ -11,11 +11,19 @@ from trainers.engine.registry import extend_cfg
 PEER_CONFIGS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "peer-configs")
 REPO_CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
 
-# Keys of trainers and fork extensions that this code base does not build yet.
-NOT_YET_BUILT = ("TRAINER.COCOOP", "TRAINER.MAPLE", "TRAINER.IVLP", "TRAINER.VPT",  # trainers
-                 "TRAINER.COOP.W", "TRAINER.COOP.ALPHA",  # KgCoOp's extra CoOp keys
-                 "TEST.PER_TASK_RESULT", "LOSS",  # SoftCPT
-                 "DATASET.TRAIN_SET", "DATASET.VAL_SET", "DATASET.TEST_SET", "DATASET.CENTER_CROP")
+# Config nodes that peer YAMLs set for methods this code base does not build yet, with their owner.
+# A node is excused only while no config hook declares it (see the test below), so a built
+# trainer's keys are always checked, and an entry goes stale the moment its method is built.
+UNBUILT_NODES = {
+    "TRAINER.VPT": "VPT (MaPLe repo)",
+    "TRAINER.IVLP": "IVLP (MaPLe repo)",
+    "LOSS": "ProGrad (KgCoOp repo)",
+    "TEST.PER_TASK_RESULT": "SoftCPT",
+    "DATASET.TRAIN_SET": "MVLPT",
+    "DATASET.VAL_SET": "MVLPT",
+    "DATASET.TEST_SET": "MVLPT",
+    "DATASET.CENTER_CROP": "MVLPT",
+}
 
 
 def full_cfg():
@@ -28,19 +36,71 @@ def yaml_files(root):
     return sorted(glob.glob(os.path.join(root, "**", "*.yaml"), recursive=True))
 
 
-@pytest.mark.skipif(not os.path.isdir(PEER_CONFIGS), reason="shared/peer-configs is not beside the repo")
-def test_every_peer_yaml_loads_and_only_unbuilt_trainer_keys_are_reported():
-    files = yaml_files(PEER_CONFIGS)
-    assert len(files) > 100
+def in_node(key, node):
+    return key == node or key.startswith(node + ".")
+
+
+def has_key(cfg, dotted):
+    node = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def unknown_peer_keys(make_cfg, files):
+    """{YAML path relative to the peer folder: keys it sets that ``make_cfg()`` lacks}."""
     reported = {}
     for path in files:
         unknown = []
-        merge_from_file(full_cfg(), path, unknown=unknown)
+        merge_from_file(make_cfg(), path, unknown=unknown)
         if unknown:
             reported[os.path.relpath(path, PEER_CONFIGS)] = unknown
-    unexpected = {f: [k for k in keys if not k.startswith(NOT_YET_BUILT)] for f, keys in reported.items()}
-    assert not {f: k for f, k in unexpected.items() if k}, unexpected
-    print(f"{len(reported)} of {len(files)} peer YAMLs carry keys of trainers not built yet")
+    return reported
+
+
+def unexcused(reported):
+    """The reported keys that no entry of UNBUILT_NODES excuses, per file."""
+    unexpected = {f: [k for k in keys if not any(in_node(k, node) for node in UNBUILT_NODES)]
+                  for f, keys in reported.items()}
+    return {f: keys for f, keys in unexpected.items() if keys}
+
+
+needs_peer_configs = pytest.mark.skipif(not os.path.isdir(PEER_CONFIGS),
+                                        reason="shared/peer-configs is not beside the repo")
+
+
+@needs_peer_configs
+def test_every_peer_yaml_loads_and_only_unbuilt_methods_keys_are_unknown():
+    files = yaml_files(PEER_CONFIGS)
+    assert len(files) > 100
+    reported = unknown_peer_keys(full_cfg, files)
+    assert not unexcused(reported), unexcused(reported)
+    used = {n for keys in reported.values() for k in keys for n in UNBUILT_NODES if in_node(k, n)}
+    assert used == set(UNBUILT_NODES), f"no peer YAML sets {set(UNBUILT_NODES) - used}: drop them from UNBUILT_NODES"
+    print(f"{len(reported)} of {len(files)} peer YAMLs carry keys of methods not built yet")
+
+
+def test_excused_nodes_are_declared_by_no_config_hook():
+    declared = [n for n in UNBUILT_NODES if has_key(full_cfg(), n)]
+    assert not declared, f"{declared} are declared now (their method is built): drop them from UNBUILT_NODES"
+
+
+@needs_peer_configs
+def test_a_built_trainers_key_missing_from_the_config_is_reported():
+    """The peer-YAML check can fail: KgCoOp's W and MaPLe's depth, removed, are reported."""
+    def without_two_keys():
+        cfg = full_cfg()
+        del cfg.TRAINER.COOP["W"]
+        del cfg.TRAINER.MAPLE["PROMPT_DEPTH"]
+        return cfg
+
+    files = [path for path in yaml_files(PEER_CONFIGS) if os.sep + "KgCoOp" + os.sep in path
+             or os.sep + "MaPLe" + os.sep in path]
+    reported = unexcused(unknown_peer_keys(without_two_keys, files))
+    keys = {k for ks in reported.values() for k in ks}
+    assert keys == {"TRAINER.COOP.W", "TRAINER.MAPLE.PROMPT_DEPTH"}, reported
 
 
 def test_repo_yamls_load_without_unknown_keys():
