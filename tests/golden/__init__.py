@@ -1,0 +1,1 @@
+"""Reference outputs of the tiny CLIPs (see ``make.py``)."""
