@@ -168,6 +168,7 @@ def _run(argv, output_dir):
     return open(logs[-1]).read()
 
 
+@pytest.mark.slow
 def test_base_to_new_end_to_end(base_run, data_root, tmp_path):
     out, log = base_run
     losses = epoch_losses(log)
@@ -185,6 +186,7 @@ def test_base_to_new_end_to_end(base_run, data_root, tmp_path):
     assert os.path.isfile(tmp_path / "new" / "results.json")
 
 
+@pytest.mark.slow
 def test_checkpoint_of_other_classes_loads(base_run, data_root):
     """Base classes of Synthetic (5) -> new classes of SyntheticB (3): the class-dependent buffers are dropped."""
     out, _ = base_run

@@ -33,6 +33,7 @@ def read_predictions(path):
         return list(csv.reader(f))
 
 
+@pytest.mark.slow
 def test_coop_trains_tests_and_eval_only_reproduces_the_accuracy(run_train, data_root, tmp_path):
     out = str(tmp_path / "train")
     recipe = ["TRAINER.COOP.CSC", "True", "TRAINER.COOP.N_CTX", "16", "DATASET.NUM_SHOTS", "16",
@@ -71,6 +72,7 @@ def test_coop_trains_tests_and_eval_only_reproduces_the_accuracy(run_train, data
                               atol=1e-4)
 
 
+@pytest.mark.slow
 def test_generic_context_checkpoint_loads_for_other_classes(run_train, data_root, tmp_path):
     """CoOp drops token_prefix/suffix on load, so a base-class model evaluates on new classes."""
     out = str(tmp_path / "base")
@@ -82,6 +84,7 @@ def test_generic_context_checkpoint_loads_for_other_classes(run_train, data_root
     assert code == 0 and "SUBSAMPLE NEW CLASSES!" in log and "* total: 40" in log
 
 
+@pytest.mark.slow
 def test_checkpoint_that_does_not_fit_names_key_and_shapes(run_train, data_root, tmp_path):
     out = str(tmp_path / "csc")
     assert run_train(*coop_args(data_root, "TRAINER.COOP.CSC", "True", "DATASET.SUBSAMPLE_CLASSES", "base",
@@ -92,6 +95,7 @@ def test_checkpoint_that_does_not_fit_names_key_and_shapes(run_train, data_root,
     assert code == 2 and "ctx: checkpoint [5, 4, 64] vs model [10, 4, 64]" in log
 
 
+@pytest.mark.slow
 def test_same_seed_gives_the_same_losses_and_resume_equals_an_uninterrupted_run(run_train, data_root, tmp_path):
     args = coop_args(data_root, "OPTIM.MAX_EPOCH", "4", "TRAIN.CHECKPOINT_FREQ", "2", "DATALOADER.TRAIN_X.BATCH_SIZE", "8")
     full, again = str(tmp_path / "full"), str(tmp_path / "again")
@@ -194,6 +198,7 @@ def test_list_registered_trainers_and_datasets(capsys):
     assert "CoOp" in out and "ZeroshotCLIP2" in out and "OxfordPets" in out and "Synthetic" in out
 
 
+@pytest.mark.slow
 def test_multi_task_coop_reports_each_task_and_the_mean(run_train, data_root, tmp_path):
     out = str(tmp_path / "mt")
     code, log = run_train(*coop_args(data_root, "DATASET.NAME", "Synthetic,SyntheticB", "OPTIM.MAX_EPOCH", "2",
@@ -207,6 +212,7 @@ def test_multi_task_coop_reports_each_task_and_the_mean(run_train, data_root, tm
     assert {r[rows[0].index("task")] for r in rows[1:]} == {"Synthetic", "SyntheticB"}
 
 
+@pytest.mark.slow
 def test_best_val_deploys_the_best_checkpoint(run_train, data_root, tmp_path):
     out = str(tmp_path / "best")
     code, log = run_train(*coop_args(data_root, "TEST.FINAL_MODEL", "best_val", "OPTIM.MAX_EPOCH", "2"),
@@ -216,6 +222,7 @@ def test_best_val_deploys_the_best_checkpoint(run_train, data_root, tmp_path):
     assert os.path.isfile(os.path.join(out, "prompt_learner", "model-best.pth.tar"))
 
 
+@pytest.mark.slow
 def test_negative_load_epoch_loads_the_latest_checkpoint(run_train, data_root, tmp_path):
     out = str(tmp_path / "train")
     assert run_train(*coop_args(data_root, "OPTIM.MAX_EPOCH", "2", "TRAIN.CHECKPOINT_FREQ", "1"), output_dir=out)[0] == 0

@@ -170,6 +170,7 @@ def run(argv, output_dir):
     return open(sorted(glob.glob(os.path.join(output_dir, "log.txt*")))[-1]).read()
 
 
+@pytest.mark.slow
 def test_base_to_new_end_to_end(data_root, tmp_path):
     common = ["--root", data_root, "--seed", "1", "--trainer", "KgCoOp", "--dataset-config-file",
               "configs/datasets/synthetic.yaml", "--config-file", TINY_CFG]

@@ -257,6 +257,7 @@ def accuracy(log):
     return float(re.findall(r"\* accuracy: ([\d.]+)%", log)[-1])
 
 
+@pytest.mark.slow
 def test_base_training_then_new_class_evaluation_from_the_checkpoint(run_train, data_root, tmp_path):
     out = str(tmp_path / "base")
     code, log = run_train(*maple_args(data_root, "DATASET.SUBSAMPLE_CLASSES", "base"), output_dir=out)
@@ -279,6 +280,7 @@ def test_base_training_then_new_class_evaluation_from_the_checkpoint(run_train, 
     assert "SUBSAMPLE NEW CLASSES!" in log_new and "* total: 40" in log_new
 
 
+@pytest.mark.slow
 def test_amp_trains_on_the_cpu_with_bfloat16(run_train, data_root, tmp_path, tiny_clip):
     code, log = run_train(*maple_args(data_root, "TRAINER.MAPLE.PREC", "amp", "DATASET.NUM_SHOTS", "1",
                                       "DATASET.SUBSAMPLE_CLASSES", "base", "OPTIM.MAX_EPOCH", "1",

@@ -5,6 +5,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow  # every test runs the bash scripts, which run train.py
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -84,6 +84,7 @@ def test_coop_layout_newest_log_and_incomplete_seeds(tmp_path, capsys):
     assert notes == ["oxford_pets: seed(s) 3 lack a base or new accuracy"]
 
 
+@pytest.mark.slow
 def test_runs_as_a_module_and_says_when_nothing_is_there(tmp_path):
     (tmp_path / "train_base").mkdir()
     done = subprocess.run([sys.executable, "-m", "trainers.analysis.base2new_table", str(tmp_path)], cwd=REPO,
