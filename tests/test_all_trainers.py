@@ -47,6 +47,7 @@ def end_to_end_names() -> list:
     return names
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", end_to_end_names())
 def test_trainer_runs_base_training_and_evaluation(name, run_train, data_root, tmp_path):
     flags = ["--eval-only"] if name.startswith("Zeroshot") else []
@@ -60,6 +61,7 @@ def test_trainer_runs_base_training_and_evaluation(name, run_train, data_root, t
         assert "Finish training" in log and os.path.isfile(os.path.join(tmp_path, "results.json"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n in TRAINER_REGISTRY.names() if not n.startswith(WRAPPER_PREFIXES)])
 def test_trainer_runs_multi_task(name, run_train, data_root, tmp_path):
     flags = ["--eval-only"] if name.startswith("Zeroshot") else []

@@ -15,14 +15,8 @@ REPO_CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
 # A node is excused only while no config hook declares it (see the test below), so a built
 # trainer's keys are always checked, and an entry goes stale the moment its method is built.
 UNBUILT_NODES = {
-    "TRAINER.VPT": "VPT (MaPLe repo)",
     "TRAINER.IVLP": "IVLP (MaPLe repo)",
     "LOSS": "ProGrad (KgCoOp repo)",
-    "TEST.PER_TASK_RESULT": "SoftCPT",
-    "DATASET.TRAIN_SET": "MVLPT",
-    "DATASET.VAL_SET": "MVLPT",
-    "DATASET.TEST_SET": "MVLPT",
-    "DATASET.CENTER_CROP": "MVLPT",
 }
 
 

@@ -116,6 +116,7 @@ def test_dept_coop_base_train_fused_test_and_new_eval(coop_run, data_root, tmp_p
         trainer.compute_loss(images, labels)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("baseline", ["CoCoOp", "KgCoOp", "MaPLe"])
 def test_dept_around_other_baselines_trains_and_evaluates_new_classes(baseline, data_root, tmp_path):
     require(baseline)
@@ -236,6 +237,7 @@ def test_dept_kgcoop_keeps_the_knowledge_guided_term(data_root, tmp_path, fixed_
     assert trainer.cfg.TRAINER.COOP.W == 8.0 and torch.allclose(loss, expected, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_multi_task_dept_restricts_both_heads_to_each_samples_task(data_root, tmp_path, fixed_features):
     argv = cli("CoOp", data_root, "DATASET.NAME", "Synthetic,SyntheticB", "TRAINER.LINEAR_PROBE.ROUTE", "base")
     trainer = make_trainer(argv, str(tmp_path / "unit"))

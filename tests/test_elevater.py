@@ -374,6 +374,7 @@ def test_metric_lookup_and_shape_errors():
         accuracy(torch.rand(3, 2), torch.tensor([0, 1]))
 
 
+@pytest.mark.slow
 def test_coop_trains_and_evaluates_on_elevater_tasks_read_from_their_zips(run_train, tmp_path):
     from datasets.synthetic_elevater import write_elevater_task
 

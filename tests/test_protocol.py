@@ -63,6 +63,7 @@ class ObservedCoOp(CoOp):
         self.steps, self.grad_norm_sum = state["steps"], state["grad_norm_sum"]
 
 
+@pytest.mark.slow
 def test_hooks_run_between_backward_and_step_and_method_state_survives_a_resume(data_root, tmp_path):
     opts = ("OPTIM.MAX_EPOCH", "4", "TRAIN.CHECKPOINT_FREQ", "2", "DATALOADER.TRAIN_X.BATCH_SIZE", "8",
             "TEST.NO_TEST", "True")
@@ -85,6 +86,7 @@ def test_hooks_run_between_backward_and_step_and_method_state_survives_a_resume(
     torch.testing.assert_close(resumed.model.prompt_learner.ctx, full.model.prompt_learner.ctx, rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_resume_restores_the_best_validation_result(data_root, tmp_path, monkeypatch):
     out = str(tmp_path / "best")
     opts = ("TEST.FINAL_MODEL", "best_val", "OPTIM.MAX_EPOCH", "2")
@@ -144,6 +146,7 @@ def test_loading_rule_requires_every_learned_tensor_and_drops_class_buffers(data
         make(config(data_root, str(tmp_path / "bad"), "MODEL.INIT_WEIGHTS", path))
 
 
+@pytest.mark.slow
 def test_model_dir_while_training_starts_from_the_source_prompt(run_train, data_root, tmp_path):
     source = str(tmp_path / "source")
     opts = ["TRAINER.COOP.N_CTX", "4", "DATASET.NUM_SHOTS", "8", "OPTIM.MAX_EPOCH", "1"]
@@ -167,6 +170,7 @@ def test_amp_evaluation_encodes_the_text_cache_under_autocast(data_root, tmp_pat
         trainer.end_evaluation()
 
 
+@pytest.mark.slow
 def test_sigterm_stops_with_a_checkpoint_and_the_same_command_continues_exactly(run_train, data_root, tmp_path,
                                                                                  monkeypatch):
     import re

@@ -69,6 +69,7 @@ def test_eval_only_with_a_model_dir_that_does_not_exist(capsys, data_root, tmp_p
                                     str(tmp_path / "out"), "--eval-only", "--model-dir", missing), missing)
 
 
+@pytest.mark.slow
 def test_corrupt_test_image_names_the_file_and_split_also_from_a_worker(data_root, tmp_path):
     root = tmp_path / "data"
     assert train.main(["--root", data_root, *SYNTHETIC, "--verify-data"]) == 0  # also generates it on first use
@@ -85,6 +86,7 @@ def test_corrupt_test_image_names_the_file_and_split_also_from_a_worker(data_roo
     assert "1 unreadable image(s)" in out
 
 
+@pytest.mark.slow
 def test_truncated_clip_file_names_the_file_and_debug_shows_the_traceback(tmp_path, data_root):
     clip_file = tmp_path / "ViT-B-16.pt"
     clip_file.write_bytes(b"\x80\x02truncated")
