@@ -277,6 +277,9 @@ def adapt_args(root, out, *opts, flags=(), trainer_args=TINY_ADAPT):
         ["DATASET.NUM_SHOTS", "2"] + list(opts)
 
 
+#: prompt tokens of the tiny recipe: 1 slot per layer and branch of the 12-layer tiny CLIP
+TINY_TOKENS = 2 * 12
+
 #: 4 epochs of 5 batches, a checkpoint after epoch 2 (mid-pruning: 1 minibatch in the open window)
 RUN_OPTS = ("TRAIN.CHECKPOINT_FREQ", "2", "TEST.SAVE_PREDICTIONS", "True")
 
@@ -308,8 +311,8 @@ def checkpoint(run, epoch, folder="prompt_learner"):
 def test_run_prunes_after_warmup_to_the_target_and_reports_it(tiny_run, tiny_clip):
     run, log = tiny_run
     lines = prune_lines(log)
-    assert lines[0].startswith("Adapt: pruned 2 tokens at epoch 2 batch 2")  # warmup 1 epoch, N_K 2, R_P 2
-    assert len(lines) == (16 - 6) // 2 and "kept 6 " in lines[-1]
+    assert lines[0].startswith("Adapt: pruned 4 tokens at epoch 2 batch 2")  # warmup 1 epoch, N_K 2, R_P 4
+    assert len(lines) == -(-(TINY_TOKENS - 6) // 4) and "kept 6 " in lines[-1]
     assert "Adapt: final kept tokens 6 (T_target 6 reached)" in log
     state = checkpoint(run, 4)["state_dict"]
     assert set(state) == {"image.prompts", "image.mask", "text.prompts", "text.mask"}
@@ -327,7 +330,7 @@ def test_run_prunes_after_warmup_to_the_target_and_reports_it(tiny_run, tiny_cli
         history = json.load(f)["epochs"]
     assert [e["epoch"] for e in history] == [0, 1, 2, 3, 4]
     totals = [sum(map(sum, e["image"])) + sum(map(sum, e["text"])) for e in history]
-    assert totals[:2] == [16, 16] and totals[-1] == 6 and totals == sorted(totals, reverse=True)
+    assert totals[:2] == [TINY_TOKENS, TINY_TOKENS] and totals[-1] == 6 and totals == sorted(totals, reverse=True)
     assert history[-1]["image"] == state["image.mask"].int().tolist()
 
 
@@ -372,7 +375,7 @@ def test_resume_mid_pruning_prunes_exactly_as_the_uninterrupted_run(tiny_run, da
     code, resumed_log = train_main(*adapt_args(data_root, resumed, *RUN_OPTS))
     assert code == 0 and "epoch [1/4]" not in resumed_log and "epoch [3/4]" in resumed_log
     tail = [line for line in prune_lines(log) if re.search(r"at epoch [34] ", line)]
-    assert prune_lines(resumed_log) == tail and tail[0].startswith("Adapt: pruned 2 tokens at epoch 3 batch 1")
+    assert prune_lines(resumed_log) == tail and tail[0].startswith("Adapt: pruned 4 tokens at epoch 3 batch 1")
     n = len(losses(resumed_log))
     assert n > 0 and losses(resumed_log) == losses(log)[-n:]
     assert accuracy(resumed_log) == accuracy(log)
@@ -388,7 +391,7 @@ def test_mask_analysis_writes_kept_tokens_per_epoch_branch_and_layer(tiny_run, t
         rows = f.read().splitlines()
     layers = tiny_clip.visual.transformer.layers + tiny_clip.transformer.layers
     assert rows[0] == "epoch,branch,layer,kept,slots" and len(rows) == 1 + 5 * layers
-    assert rows[1] == "0,image,1,4,4"
+    assert rows[1] == "0,image,1,1,1"
     last = [r.split(",") for r in rows[-layers:]]
     assert sum(int(r[3]) for r in last) == 6
 
@@ -401,12 +404,12 @@ def test_dept_around_adapt_trains_prunes_and_saves_the_masks(data_root, tmp_path
     code, log = train_main(*adapt_args(data_root, out, "DATASET.SUBSAMPLE_CLASSES", "base", "OPTIM.MAX_EPOCH", "1",
                                        "TRAINER.ADAPT.WARMUP_EPOCHS", "0", trainer_args=args))
     assert code == 0 and "* accuracy:" in log
-    assert prune_lines(log)[0].startswith("Adapt: pruned 2 tokens at epoch 1 batch 2")
+    assert prune_lines(log)[0].startswith("Adapt: pruned 4 tokens at epoch 1 batch 2")
     state = checkpoint(str(out), 1, folder="PromptLearner")["state_dict"]
-    assert int(state["prompt_learner.image.mask"].sum() + state["prompt_learner.text.mask"].sum()) < 16
+    assert int(state["prompt_learner.image.mask"].sum() + state["prompt_learner.text.mask"].sum()) < TINY_TOKENS
     assert any(k.startswith("linear_probe_proj") for k in state)
     with open(out / "results.json") as f:
-        assert json.load(f)["adapt"]["kept_total"] < 16
+        assert json.load(f)["adapt"]["kept_total"] < TINY_TOKENS
 
 
 def test_config_errors_name_the_key(data_root, tmp_path):
@@ -474,18 +477,18 @@ def test_select_script_trains_the_grid_evaluates_on_validation_and_chooses(data_
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     for name in ("configs", "scripts", "train.py"):
         os.symlink(os.path.join(repo, name), tmp_path / name)
-    env = dict(os.environ, DATA=data_root, SEEDS="1", PYTHON=sys.executable, PYTHONPATH=repo, GRID="6 12",
-               CFG="tiny_vit_b16_ep4", SHOTS="2", MAX_CTX="4",
+    env = dict(os.environ, DATA=data_root, SEEDS="1", PYTHON=sys.executable, PYTHONPATH=repo, GRID="6 16",
+               CFG="tiny_vit_b16_ep4", SHOTS="2", MAX_CTX="1",
                EXTRA_OPTS="OPTIM.MAX_EPOCH 1 TRAINER.ADAPT.WARMUP_EPOCHS 0")
     run = subprocess.run(["bash", "scripts/adapt/select_ttarget.sh", "synthetic"], cwd=tmp_path, env=env,
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
-    variant = "synthetic/shots_2/Adapt/tiny_vit_b16_ep4/T12_ctx4_snip/seed1"
+    variant = "synthetic/shots_2/Adapt/tiny_vit_b16_ep4/T16_ctx1_snip/seed1"
     with open(tmp_path / "output/adapt" / variant / "results.json") as f:
         trained = json.load(f)
     with open(tmp_path / "output/adapt_val" / variant / "results.json") as f:
         validated = json.load(f)
-    assert trained["adapt"]["kept_total"] == 12 and validated["adapt"]["kept_total"] == 12  # 1 epoch: 16 -> 12
+    assert trained["adapt"]["kept_total"] == 16 and validated["adapt"]["kept_total"] == 16  # 1 epoch: 24 -> 16
     assert validated["split"] == "val" and validated["eval_only"]
     row = next(line for line in run.stdout.splitlines() if line.startswith("| synthetic"))
-    assert re.search(r"\| synthetic\s+\| (6|12)\s+\|", row)
+    assert re.search(r"\| synthetic\s+\| (6|16)\s+\|", row)
