@@ -47,3 +47,14 @@ def run_train():
         return code, text
 
     return run
+
+
+@pytest.fixture(scope="module")
+def tiny_clip():
+    """The tiny random ViT-B/16 CLIP, frozen (one per test module)."""
+    import clip
+
+    model, _ = clip.load("tiny-ViT-B/16", device="cpu")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model

@@ -9,7 +9,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import clip
 from clip.model import CLIP
 from clip.tiny import TINY_CONFIGS
 from trainers.adapt import AdaptCLIP, AdaptPromptLearner, adapt_report, clip_parameters_without_token_embedding
@@ -20,14 +19,6 @@ NAMES = ["red square", "blue circle", "green triangle"]
 TEXTS = [f"a photo of a {n}." for n in NAMES]
 TINY_ADAPT = ["--trainer", "Adapt", "--dataset-config-file", "configs/datasets/synthetic.yaml",
               "--config-file", "configs/trainers/Adapt/tiny_vit_b16_ep4.yaml"]
-
-
-@pytest.fixture(scope="module")
-def tiny_clip():
-    model, _ = clip.load("tiny-ViT-B/16", device="cpu")
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
 
 
 def images(n=3, seed=0):

@@ -19,14 +19,6 @@ TINY_MAPLE = ["--trainer", "MaPLe", "--dataset-config-file", "configs/datasets/s
               "--config-file", "configs/trainers/MaPLe/tiny_vit_b16_c2_ep2_batch4_2ctx.yaml"]
 
 
-@pytest.fixture(scope="module")
-def tiny_clip():
-    model, _ = clip.load("tiny-ViT-B/16", device="cpu")
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
-
-
 def images(n=4, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, 3, 224, 224, generator=g)

@@ -17,14 +17,6 @@ TINY_VPT = ["--trainer", "VPT", "--dataset-config-file", "configs/datasets/synth
             "--config-file", "configs/trainers/VPT/tiny_vit_b16_c2_ep2_batch4_4.yaml"]
 
 
-@pytest.fixture(scope="module")
-def tiny_clip():
-    model, _ = clip.load("tiny-ViT-B/16", device="cpu")
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
-
-
 def vit_b16_shapes():
     """What VisualPromptLearner reads from a CLIP, at ViT-B/16's sizes (no 150M-parameter model needed)."""
     visual = SimpleNamespace(transformer=SimpleNamespace(layers=12, width=768),
