@@ -238,21 +238,26 @@ class MultiheadAttention(nn.Module):
         tokens 0..i of ``x``. The returned keys/values let later tokens attend to ``x``
         without projecting it again.
         """
-        d = self.embed_dim
-        q, own_kv = F.linear(x, self.in_proj_weight, self.in_proj_bias).split([d, 2 * d], dim=-1)
+        q, own_kv = F.linear(x, self.in_proj_weight, self.in_proj_bias).split([self.embed_dim, 2 * self.embed_dim],
+                                                                               dim=-1)
+        return self.out_proj(self.attention(q, own_kv, context, causal)), own_kv
+
+    def attention(self, q: Tensor, own_kv: Tensor, context: Optional[Tensor] = None, causal: bool = False) -> Tensor:
+        """Heads merged, before ``out_proj``: projected queries [B, L, D] over ``context`` [B, m, 2D]
+        (all visible) and their own keys/values [B, L, 2D] (with ``causal``: 0..i)."""
         k, v = (own_kv if context is None else torch.cat([context, own_kv], dim=1)).chunk(2, dim=-1)
         mask: Optional[Tensor] = None
         if context is not None and causal:
             # Context tokens go first, so the causal rule becomes "column <= row + m".
-            m, length = context.shape[1], x.shape[1]
-            mask = torch.ones(length, m + length, dtype=torch.bool, device=x.device).tril_(m)
+            m, length = context.shape[1], q.shape[1]
+            mask = torch.ones(length, m + length, dtype=torch.bool, device=q.device).tril_(m)
             causal = False
         heads = self.num_heads
         out = F.scaled_dot_product_attention(
             _split_heads(q, heads), _split_heads(k, heads), _split_heads(v, heads),
             attn_mask=mask, is_causal=causal,
         )
-        return self.out_proj(_merge_heads(out)), own_kv
+        return _merge_heads(out)
 
 
 class ResidualAttentionBlock(nn.Module):
@@ -286,6 +291,83 @@ class ResidualAttentionBlock(nn.Module):
         attended, own_kv = self.attn.attend(self.ln_1(x), context, causal=self.causal)
         x = x + attended
         return x + self.mlp(self.ln_2(x)), own_kv
+
+
+    def forward_prefixed(self, tokens: Tensor, prefix_shape: Tuple[int, int], layout: "PackedSuffixes",
+                         context: Optional[Tensor]) -> Tensor:
+        """One causal block over ``tokens`` [G * P + T, D]: G prefixes of P positions, then the packed
+        suffix tokens (``layout`` says which row and position each is). Suffix row n attends to the
+        keys/values of ``context`` [G, m, 2D] (K/V prompts) and of its prefix (``layout.per_row``),
+        then to its own earlier tokens. The token-wise layers (LayerNorms,
+        projections, MLP) run once over all tokens; only attention needs the row layout."""
+        attn = self.attn
+        groups, prefix_len = prefix_shape
+        width = tokens.shape[-1]
+        qkv_prefix, qkv_suffix = F.linear(self.ln_1(tokens), attn.in_proj_weight, attn.in_proj_bias).split(
+            [groups * prefix_len, layout.tokens])
+        q, prefix_kv = qkv_prefix.view(groups, prefix_len, 3 * width).split([width, 2 * width], dim=-1)
+        prefix_out = attn.attention(q, prefix_kv, context, causal=True)
+        seen = prefix_kv if context is None else torch.cat([context, prefix_kv], dim=1)
+        seen = layout.per_row(seen)
+        q, own_kv = layout.pad(qkv_suffix).split([width, 2 * width], dim=-1)
+        suffix_out = attn.attention(q, own_kv, seen, causal=True)
+        attended = torch.cat([prefix_out.reshape(groups * prefix_len, width), layout.pack(suffix_out)])
+        tokens = tokens + attn.out_proj(attended)
+        return tokens + self.mlp(self.ln_2(tokens))
+
+
+class _TakeRows(torch.autograd.Function):
+    """``x.index_select(0, index)`` for an index without repeats; its backward writes the rows back
+    with ``index_copy`` instead of the accumulating ``index_add`` (much slower on the CPU)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, index: Tensor) -> Tensor:
+        ctx.save_for_backward(index)
+        ctx.rows = x.shape[0]
+        return x.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tuple[Tensor, None]:
+        (index,) = ctx.saved_tensors
+        return grad.new_zeros((ctx.rows,) + tuple(grad.shape[1:])).index_copy(0, index, grad), None
+
+
+class PackedSuffixes:
+    """Suffix rows of different lengths [N, S] packed into one token axis [T] (row-major, each row's
+    first ``lengths[n]`` positions), so no work is spent on positions after a row's end-of-text;
+    and which prefix each row continues (``group_index`` [N], None: prefix 0 for all)."""
+
+    def __init__(self, lengths: Tensor, width: int, group_index: Optional[Tensor] = None) -> None:
+        self.rows, self.width = lengths.shape[0], width
+        valid = torch.arange(width, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)
+        self.index = valid.flatten().nonzero().squeeze(1)
+        self.tokens = self.index.shape[0]
+        #: packed index of each row's last token (its end-of-text)
+        self.last = lengths.cumsum(0) - 1
+        self.group_index = group_index
+        #: rows per prefix when each prefix's rows are contiguous (CoCoOp's images, tasks)
+        self.group_sizes: Optional[List[int]] = None
+        if group_index is not None and bool((group_index[1:] >= group_index[:-1]).all()):
+            self.group_sizes = torch.bincount(group_index).tolist()
+
+    def pack(self, padded: Tensor) -> Tensor:
+        """[N, S, C] -> [T, C]."""
+        return _TakeRows.apply(padded.reshape(self.rows * self.width, -1), self.index)
+
+    def pad(self, packed: Tensor) -> Tensor:
+        """[T, C] -> [N, S, C], zeros after each row's end (never read under the causal mask)."""
+        flat = packed.new_zeros(self.rows * self.width, packed.shape[-1]).index_copy(0, self.index, packed)
+        return flat.view(self.rows, self.width, -1)
+
+    def per_row(self, per_prefix: Tensor) -> Tensor:
+        """[G, ...] -> [N, ...]: each row's prefix entry (expanded views where the rows are grouped,
+        whose backward is a sum rather than a scatter)."""
+        if self.group_index is None:
+            return per_prefix.expand(self.rows, *per_prefix.shape[1:])
+        if self.group_sizes is not None:
+            return torch.cat([per_prefix[g:g + 1].expand(n, *per_prefix.shape[1:])
+                              for g, n in enumerate(self.group_sizes) if n])
+        return per_prefix.index_select(0, self.group_index)
 
 
 def _prompt_tokens(prompt: Optional[Tensor], like: Tensor, what: str) -> Optional[Tensor]:
@@ -337,22 +419,6 @@ def _maybe_checkpointed(checkpointed: bool, function: Callable[..., Any], *args:
     return function(*args)
 
 
-def _shared_prefix_block(block: ResidualAttentionBlock, prefix: Tensor, suffix: Tensor,
-                         group_index: Optional[Tensor], kv_prompts: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
-    """One block over prefixes [G, P, D] and suffixes [N, S, D]; suffix n attends to the keys/values
-    of K/V prompts, then of prefix ``group_index[n]`` (all rows use prefix 0 when None), then its own."""
-    context = block.kv_prompt_context(kv_prompts, prefix.shape[0])
-    prefix_out, prefix_kv = block.forward_after(prefix, context)
-    if context is not None:
-        prefix_kv = torch.cat([context, prefix_kv], dim=1)
-    if group_index is None:
-        suffix_context = prefix_kv.expand(suffix.shape[0], -1, -1)
-    else:
-        suffix_context = prefix_kv.index_select(0, group_index)
-    suffix_out, _ = block.forward_after(suffix, suffix_context)
-    return prefix_out, suffix_out
-
-
 class Transformer(nn.Module):
     """A stack of residual attention blocks on batch-first input [B, L, width]."""
 
@@ -377,11 +443,11 @@ class Transformer(nn.Module):
             x = _maybe_checkpointed(checkpointed, block, x, _layer_prompt(kv_prompts, i, x, "kv_prompts"))
         return x
 
-    def forward_shared_prefix(self, prefix: Tensor, suffix: Tensor, group_index: Optional[Tensor] = None,
-                              deep_prompts: PromptList = None, kv_prompts: PromptList = None,
-                              checkpointed: bool = False) -> Tuple[Tensor, Tensor]:
-        """``forward`` of the causal sequences ``[prefix[group_index[n]]; suffix[n]]``, each prefix
-        computed once: outputs (prefix [G, P, D], suffix [N, S, D]).
+    def forward_shared_prefix(self, prefix: Tensor, suffix: Tensor, layout: PackedSuffixes,
+                              deep_prompts: PromptList = None,
+                              kv_prompts: PromptList = None, checkpointed: bool = False) -> Tuple[Tensor, Tensor]:
+        """``forward`` of the causal sequences ``[its prefix; suffix row n]`` (``layout``), each prefix
+        computed once: outputs (prefix [G, P, D], packed suffix tokens [T, D] as ``layout``).
 
         Deep and K/V prompts ([n, D] or [1|G, n, D]) act per prefix; deep prompts replace
         positions 1..n, which must lie inside the prefix (n < P).
@@ -390,17 +456,22 @@ class Transformer(nn.Module):
             raise ValueError("a shared prefix needs a causal transformer (the text encoder)")
         _check_layer_count(deep_prompts, self.layers, "deep_prompts")
         _check_layer_count(kv_prompts, self.layers, "kv_prompts")
+        groups, prefix_len, width = prefix.shape
+        tokens = torch.cat([prefix.reshape(groups * prefix_len, width), suffix])
         for i, block in enumerate(self.resblocks):
             deep = _layer_prompt(deep_prompts, i, prefix, "deep_prompts")
             if deep is not None:
-                if deep.shape[-2] >= prefix.shape[1]:
+                if deep.shape[-2] >= prefix_len:
                     raise ValueError(f"deep_prompts[{i}] replaces positions 1..{deep.shape[-2]}, which must lie "
-                                     f"inside the shared prefix of {prefix.shape[1]} positions")
-                prefix = _replace_slots(prefix, deep)
-            kv = _layer_prompt(kv_prompts, i, prefix, "kv_prompts")
-            prefix, suffix = _maybe_checkpointed(checkpointed, _shared_prefix_block, block, prefix, suffix,
-                                                 group_index, kv)
-        return prefix, suffix
+                                     f"inside the shared prefix of {prefix_len} positions")
+                prefix, suffix = tokens.split([groups * prefix_len, layout.tokens])
+                prefix = _replace_slots(prefix.view(groups, prefix_len, width), deep)
+                tokens = torch.cat([prefix.reshape(groups * prefix_len, width), suffix])
+            context = block.kv_prompt_context(_layer_prompt(kv_prompts, i, prefix, "kv_prompts"), groups)
+            tokens = _maybe_checkpointed(checkpointed, block.forward_prefixed, tokens, (groups, prefix_len), layout,
+                                         context)
+        prefix, suffix = tokens.split([groups * prefix_len, layout.tokens])
+        return prefix.view(groups, prefix_len, width), suffix
 
 
 class VisionTransformer(nn.Module):
@@ -602,8 +673,9 @@ class CLIP(nn.Module):
 
         Under the causal mask a prefix's hidden states do not depend on what follows, so every
         block runs each prefix once and the suffix tokens attend to their prefix's keys and
-        values. The result equals ``encode_text_embeddings`` on the concatenated rows up to
-        float rounding, gradients included; ``truncate_text`` and ``text_checkpointing`` apply.
+        values; no row spends work after its own end-of-text token (whatever ``truncate_text``
+        says). The result equals ``encode_text_embeddings`` on the concatenated rows up to float
+        rounding, gradients included; ``text_checkpointing`` applies.
         """
         weight = self.visual.conv1.weight
         prefix, suffix = prefix.type_as(weight), suffix.type_as(weight)
@@ -625,15 +697,14 @@ class CLIP(nn.Module):
         if first_eot < prefix_len or last_eot >= prefix_len + suffix_len:
             raise ValueError(f"end-of-text positions must lie in the suffix, [{prefix_len}, "
                              f"{prefix_len + suffix_len}), got {first_eot}..{last_eot}")
-        if self.truncate_text:
-            suffix = suffix[:, :last_eot + 1 - prefix_len]
+        suffix = suffix[:, :last_eot + 1 - prefix_len]
+        layout = PackedSuffixes(eot_positions - prefix_len + 1, suffix.shape[1], group_index)
         positions = self.positional_embedding.type_as(prefix)
         prefix = prefix + positions[:prefix_len]
-        suffix = suffix + positions[prefix_len:prefix_len + suffix.shape[1]]
-        _, suffix = self.transformer.forward_shared_prefix(prefix, suffix, group_index, deep_prompts=deep_prompts,
-                                                           kv_prompts=kv_prompts,
+        suffix = layout.pack(suffix + positions[prefix_len:prefix_len + suffix.shape[1]])
+        _, suffix = self.transformer.forward_shared_prefix(prefix, suffix, layout, deep_prompts=deep_prompts, kv_prompts=kv_prompts,
                                                            checkpointed=self.text_checkpointing)
-        eot_states = suffix[torch.arange(rows, device=suffix.device), eot_positions - prefix_len]
+        eot_states = _TakeRows.apply(suffix, layout.last)
         return self.ln_final(eot_states) @ self.text_projection
 
     def forward(self, image: Tensor, text: Tensor) -> Tuple[Tensor, Tensor]:
