@@ -54,6 +54,7 @@ __all__ = [
     "VisionTransformer",
     "build_model",
     "convert_weights",
+    "common_prefix_length",
     "split_shared_prefix",
 ]
 
@@ -541,6 +542,10 @@ class CLIP(nn.Module):
     backward instead of keeping its activations: the text encoder's activation
     memory drops to one block's plus the block inputs, for about one extra
     forward pass of time. It changes nothing without gradients.
+
+    ``shared_prefix`` (default False; trainers turn it on with ``MODEL.BACKBONE.SHARED_PREFIX``)
+    lets ``encode_text`` run the leading tokens all rows have in common ("[SOS] a photo of a")
+    once, through ``encode_text_shared_prefix``; prompt learners choose that path themselves.
     """
 
     def __init__(self, embed_dim: int, image_resolution: int, vision_layers: Union[Tuple[int, int, int, int], int],
@@ -573,6 +578,7 @@ class CLIP(nn.Module):
 
         self.truncate_text = True
         self.text_checkpointing = False
+        self.shared_prefix = False
         self.initialize_parameters()
 
     def initialize_parameters(self) -> None:
@@ -630,10 +636,17 @@ class CLIP(nn.Module):
                              "ModifiedResNet (RN) image encoder, which takes no prompts")
         return self.visual(image)
 
-    def encode_text(self, text: Tensor) -> Tensor:
-        """Text features [N, embed_dim] of token ids [N, L] (EOT = the largest id)."""
+    def encode_text(self, text: Tensor, kv_prompts: PromptList = None) -> Tensor:
+        """Text features [N, embed_dim] of token ids [N, L] (EOT = the largest id); ``kv_prompts``
+        as in ``encode_text_embeddings``. With ``shared_prefix`` the leading tokens common to all
+        rows run once (exact up to float rounding)."""
         embeddings = self.token_embedding(text).type_as(self.visual.conv1.weight)
-        return self.encode_text_embeddings(embeddings, text.argmax(dim=-1))
+        eot_positions = text.argmax(dim=-1)
+        common = common_prefix_length(text) if self.shared_prefix else 0
+        if common == 0:
+            return self.encode_text_embeddings(embeddings, eot_positions, kv_prompts=kv_prompts)
+        return self.encode_text_shared_prefix(embeddings[:1, :common], embeddings[:, common:], eot_positions,
+                                              kv_prompts=kv_prompts)
 
     def encode_text_embeddings(self, embeddings: Tensor, eot_positions: Tensor, deep_prompts: PromptList = None,
                                kv_prompts: PromptList = None) -> Tensor:
@@ -702,7 +715,8 @@ class CLIP(nn.Module):
         positions = self.positional_embedding.type_as(prefix)
         prefix = prefix + positions[:prefix_len]
         suffix = layout.pack(suffix + positions[prefix_len:prefix_len + suffix.shape[1]])
-        _, suffix = self.transformer.forward_shared_prefix(prefix, suffix, layout, deep_prompts=deep_prompts, kv_prompts=kv_prompts,
+        _, suffix = self.transformer.forward_shared_prefix(prefix, suffix, layout, deep_prompts=deep_prompts,
+                                                           kv_prompts=kv_prompts,
                                                            checkpointed=self.text_checkpointing)
         eot_states = _TakeRows.apply(suffix, layout.last)
         return self.ln_final(eot_states) @ self.text_projection
@@ -715,6 +729,17 @@ class CLIP(nn.Module):
         text_features = text_features / text_features.norm(dim=1, keepdim=True)
         logits_per_image = self.logit_scale.exp() * image_features @ text_features.t()
         return logits_per_image, logits_per_image.t()
+
+
+def common_prefix_length(text: Tensor) -> int:
+    """Leading positions where every row of token ids [N, L] (N > 1) holds the same token, short of
+    the first end-of-text; 0 for a single row (nothing to share)."""
+    if text.shape[0] < 2:
+        return 0
+    same = (text == text[:1]).all(dim=0)
+    limit = int(text.argmax(dim=-1).min())
+    differs = torch.nonzero(~same[:limit])
+    return int(differs[0]) if differs.numel() else limit
 
 
 def split_shared_prefix(embeddings: Tensor, prefix_len: int, check: bool = False) -> Tuple[Tensor, Tensor]:

@@ -41,7 +41,7 @@ from trainers.engine.config import CN
 from trainers.engine.registry import TRAINER_REGISTRY, config_hook
 from trainers.prompts.kv import (SCORE_NORMALIZATIONS, SCORES, KVPromptBank, PruningSchedule, Slot,
                                  token_scores)
-from trainers.prompts.text import clean_classname, embed_tokens
+from trainers.prompts.text import clean_classname
 
 #: TEXT_TEMPLATE value that selects each data set's own CoOp template
 DATASET_TEMPLATE = "dataset"
@@ -65,9 +65,9 @@ def add_adapt_config(cfg) -> None:
 
 
 class AdaptPromptLearner(nn.Module):
-    """The two prompt banks (``image``, ``text``) and the fixed class prompts' token embeddings.
+    """The two prompt banks (``image``, ``text``) and the fixed class prompts' token ids.
 
-    The embeddings are non-persistent buffers: checkpoints hold only ``*.prompts`` and ``*.mask``,
+    The token ids are a non-persistent buffer: checkpoints hold only ``*.prompts`` and ``*.mask``,
     so a model loads for any class list.
     """
 
@@ -78,9 +78,7 @@ class AdaptPromptLearner(nn.Module):
         self.image = KVPromptBank(visual.layers, max_tokens, visual.width, init_std)
         self.text = KVPromptBank(text.layers, max_tokens, text.width, init_std)
         self.prompt_texts = list(prompt_texts)
-        tokenized = clip.tokenize(self.prompt_texts)
-        self.register_buffer("text_embeddings", embed_tokens(clip_model, tokenized), persistent=False)
-        self.register_buffer("eot_positions", tokenized.argmax(dim=-1), persistent=False)
+        self.register_buffer("tokenized_prompts", clip.tokenize(self.prompt_texts), persistent=False)
 
     def banks(self) -> Dict[str, KVPromptBank]:
         """Branch name -> bank, image first (the tie-break order of pruning)."""
@@ -99,8 +97,9 @@ class AdaptCLIP(PromptedCLIP):
 
     def class_text_features(self) -> torch.Tensor:
         learner = self.prompt_learner
-        return self.clip.encode_text_embeddings(learner.text_embeddings, learner.eot_positions,
-                                                kv_prompts=learner.text.layer_prompts())
+        # With MODEL.BACKBONE.SHARED_PREFIX, "[SOS] a photo of a" (and the class-independent
+        # K/V prompts it sees) runs once for all classes.
+        return self.clip.encode_text(learner.tokenized_prompts, kv_prompts=learner.text.layer_prompts())
 
     def image_prompt_kwargs(self) -> dict:
         return {"kv_prompts": self.prompt_learner.image.layer_prompts()}

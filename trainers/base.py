@@ -82,14 +82,15 @@ class PromptedCLIP(nn.Module):
         """Raw text features of every class of every task [C, D] (image-independent methods)."""
         raise NotImplementedError
 
-    def encode_prompts(self, learner: nn.Module, deep_prompts=None) -> torch.Tensor:
-        """Text features of a prompt learner's class prompts: the tokens all classes share (start
-        token + context) run once when the learner offers them (``shared_prefix``) and
-        ``MODEL.BACKBONE.SHARED_PREFIX`` is on; otherwise every class prompt runs in full."""
+    def encode_prompts(self, learner: nn.Module, deep_prompts=None, ctx: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Text features of a prompt learner's class prompts (around ``ctx`` when given, else its
+        own context): the tokens all classes share (start token + context) run once when the
+        learner offers them (``shared_prefix``) and ``MODEL.BACKBONE.SHARED_PREFIX`` is on;
+        otherwise every class prompt runs in full."""
         offers = getattr(self.clip, "shared_prefix", False) and hasattr(learner, "shared_prefix")
-        shared = learner.shared_prefix() if offers else None
+        shared = learner.shared_prefix(ctx) if offers else None
         if shared is None:
-            return self.clip.encode_text_embeddings(learner(), learner.eot_positions, deep_prompts=deep_prompts)
+            return self.clip.encode_text_embeddings(learner(ctx), learner.eot_positions, deep_prompts=deep_prompts)
         prefix, suffix = shared
         return self.clip.encode_text_shared_prefix(prefix, suffix, learner.eot_positions, deep_prompts=deep_prompts)
 

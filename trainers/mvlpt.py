@@ -173,7 +173,8 @@ class UnifiedPromptedCLIP(PromptedCLIP):
                 with torch.no_grad():
                     self.fixed_text_features = self.clip.encode_text(learner.fixed_text_tokens)
             return self.fixed_text_features
-        return self.clip.encode_text_embeddings(learner.text_embeddings(text_ctx), learner.text.eot_positions)
+        # Shared prefix: start token + the (projected) context, once for all classes.
+        return self.encode_prompts(learner.text, ctx=text_ctx)
 
 
 @TRAINER_REGISTRY.register()

@@ -98,8 +98,9 @@ class TextContextLearner(nn.Module):
     def eot_positions(self) -> torch.Tensor:
         return self.tokenized_prompts.argmax(dim=-1)
 
-    def expanded_context(self) -> torch.Tensor:
-        ctx = self.ctx
+    def expanded_context(self, ctx: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Per-class context [C, M, D] from ``ctx`` (default: the learned one), generic or per class."""
+        ctx = self.ctx if ctx is None else ctx
         return ctx.unsqueeze(0).expand(self.n_cls, -1, -1) if ctx.dim() == 2 else ctx
 
     def assemble(self, ctx: torch.Tensor) -> torch.Tensor:
@@ -118,25 +119,28 @@ class TextContextLearner(nn.Module):
                 rows.append(torch.cat([prefix[i:i + 1], name, ctx_i, rest], dim=1))
         return torch.cat(rows, dim=0)
 
-    def forward(self) -> torch.Tensor:
-        return self.assemble(self.expanded_context())
+    def forward(self, ctx: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Class prompt embeddings [C, L, D] around ``ctx`` (default: the learned context; UPT
+        passes its projected one)."""
+        return self.assemble(self.expanded_context(ctx))
 
-    def shared_prefix(self) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
-        """(prefix [1, P, D], suffixes [C, L - P, D]) of the class prompts when their first P tokens
-        are the same for every class: start token + generic context + fixed words every class
-        shares (class at the end), or + the context's first half (class in the middle). None for
-        class-specific context or the class in front."""
-        if self.ctx.dim() != 2 or self.class_token_position == "front":
+    def shared_prefix(self, ctx: Optional[torch.Tensor] = None) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+        """(prefix [1, P, D], suffixes [C, L - P, D]) of the class prompts around ``ctx`` (default:
+        the learned context) when their first P tokens are the same for every class: start token +
+        generic context + fixed words every class shares (class at the end), or + the context's
+        first half (class in the middle). None for class-specific context or the class in front."""
+        ctx = self.ctx if ctx is None else ctx
+        if ctx.dim() != 2 or self.class_token_position == "front":
             return None
         start = self.token_prefix[:1]
         if self.class_token_position == "end":
             common = self.common_suffix_len
-            prefix = torch.cat([start, self.ctx.unsqueeze(0), self.token_suffix[:1, :common]], dim=1)
+            prefix = torch.cat([start, ctx.unsqueeze(0), self.token_suffix[:1, :common]], dim=1)
             return prefix, self.token_suffix[:, common:]
         half = self.n_ctx // 2
         if half == 0:
             return None
-        tail = self.ctx[half:].unsqueeze(0)
+        tail = ctx[half:].unsqueeze(0)
         suffixes = [torch.cat([self.token_suffix[i:i + 1, :n], tail, self.token_suffix[i:i + 1, n:]], dim=1)
                     for i, n in enumerate(self.name_lens)]
-        return torch.cat([start, self.ctx[:half].unsqueeze(0)], dim=1), torch.cat(suffixes)
+        return torch.cat([start, ctx[:half].unsqueeze(0)], dim=1), torch.cat(suffixes)
