@@ -212,6 +212,19 @@ def _own_key(spec: Mapping[str, Any], step_name: str, variables: Mapping[str, An
     return tuple(str(variables.get(k)) for k in names)
 
 
+def _format_items(items: Sequence[Any], variables: Mapping[str, Any], where: str) -> List[str]:
+    """Each item formatted; an item that is exactly ``{name}`` of a list variable becomes its elements
+    (a method's own flags, e.g. MVLPT's ``--cut-contextlen`` for CoOp and UPT only)."""
+    out: List[str] = []
+    for item in items:
+        name = str(item)[1:-1] if str(item).startswith("{") and str(item).endswith("}") else None
+        if name is not None and isinstance(variables.get(name), list):
+            out += [_format(element, variables, where) for element in variables[name]]
+        else:
+            out.append(_format(item, variables, where))
+    return out
+
+
 def _make_run(step: Mapping[str, Any], defaults: Mapping[str, Any], variables: Dict[str, Any],
               extra_opts: Sequence[str], parent: Optional[Run], where: str) -> Run:
     def setting(key: str, fallback: Optional[str]) -> Optional[str]:
@@ -232,7 +245,7 @@ def _make_run(step: Mapping[str, Any], defaults: Mapping[str, Any], variables: D
     if config is not None:
         argv += ["--config-file", config]
     for key in ("args", "opts"):
-        argv += [_format(item, variables, where) for item in list(defaults.get(key) or []) + list(step.get(key) or [])]
+        argv += _format_items(list(defaults.get(key) or []) + list(step.get(key) or []), variables, where)
     argv += list(extra_opts)
     return Run(step["name"], variables, output, argv, after=parent)
 
