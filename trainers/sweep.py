@@ -59,6 +59,7 @@ from tqdm import tqdm
 
 from clip.errors import InvalidInputError, MissingInputError, UserInputError
 from datasets.io import atomic_write_text
+from parse_test_res import TEST_END_SIGNALS, TRAIN_END_SIGNALS, parse_run
 from trainers.analysis.base2new_table import Setting, SettingRuns, dept_csv, format_table, read_accuracy, table_rows
 from trainers.engine.results import summarize
 
@@ -416,6 +417,9 @@ def submitit_executor(folder: str, cluster: str, slurm: Mapping[str, Any]):
                               "cpus_per_task": int(slurm.get("cpus", 4)), "tasks_per_node": 1, "nodes": 1}
     if slurm.get("time") is not None:
         params["timeout_min"] = _minutes(slurm["time"])
+    elif executor.cluster == "slurm":  # submitit's default would kill every run after 5 minutes
+        raise MissingInputError("The SLURM executor needs a time limit per run: --time [D-]HH:MM:SS or 'time' "
+                                "under 'slurm:' in the sweep file")
     if slurm.get("mem_gb") is not None:
         params["mem_gb"] = int(slurm["mem_gb"])
     if executor.cluster == "slurm":
@@ -476,7 +480,6 @@ def results_table(spec: Mapping[str, Any], runs: Sequence[Run], metric: str = "a
     table = spec.get("table") or {}
     if table.get("base") and table.get("new"):
         return _base2new(runs, table["base"], table["new"])
-    from parse_test_res import TEST_END_SIGNALS, TRAIN_END_SIGNALS, parse_run
     groups: "OrderedDict[Tuple[str, str, str], List[Tuple[Any, float]]]" = OrderedDict()
     for run in runs:
         key = (run.step, _setting_label(run.variables, {"seed", "dataset"}), str(run.variables.get("dataset", "")))
