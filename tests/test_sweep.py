@@ -296,3 +296,32 @@ def test_submitit_debug_executor_runs_base_to_new_and_prints_the_h_table(repo_li
 
 def test_slurm_time_formats():
     assert [sweep._minutes(t) for t in (90, "90", "2:30", "1:00:00", "1-12", "1-0:30")] == [90, 90, 3, 60, 2160, 1470]
+
+
+def test_a_preempted_slurm_job_stops_its_run_for_resuming_and_requeues_the_same_command(tmp_path):
+    pytest.importorskip("submitit")
+    import pickle
+    import threading
+    import time
+
+    marker = tmp_path / "stopped"
+    script = ("import signal, sys, time\n"
+              "def stop(*_):\n"
+              f"    open({str(marker)!r}, 'w').write('saved')\n"
+              "    sys.exit(143)\n"
+              "signal.signal(signal.SIGTERM, stop)\n"
+              "print('READY'.lower(), flush=True)\n"
+              "time.sleep(60)\n")
+    job = sweep.SweepJob([sys.executable, "-c", script], str(tmp_path / "run"))
+    result = {}
+    thread = threading.Thread(target=lambda: result.setdefault("code", job()))
+    thread.start()
+    log, deadline = tmp_path / "run" / "sweep.log", time.time() + 30
+    while not (log.exists() and "\nready\n" in log.read_text()):  # the run is under way
+        assert time.time() < deadline
+        time.sleep(0.05)
+    resubmission = job.checkpoint()  # what submitit calls on preemption or time-out, before requeueing
+    thread.join(30)
+    assert marker.read_text() == "saved" and result["code"] == 143  # train.py's SIGTERM path: checkpoint, exit
+    again = pickle.loads(pickle.dumps(resubmission.function))
+    assert again.argv == job.argv and again.output == job.output

@@ -128,6 +128,10 @@ def load_sweep(path: str) -> Dict[str, Any]:
         if step.get("after") is not None and step["after"] not in names:
             raise InvalidInputError(f"{where}: 'after: {step['after']}' names no earlier step (have {sorted(names)})")
         names.add(step["name"])
+    unknown = set(spec.get("defaults") or {}) - (_STEP_KEYS - {"name", "output", "after", "grid"})
+    if unknown:
+        raise InvalidInputError(f"Sweep file {path}: unknown defaults key(s) {sorted(unknown)} "
+                                "(known: args, opts, config, dataset_config)")
     unknown = set(spec.get("slurm") or {}) - _SLURM_KEYS
     if unknown:
         raise InvalidInputError(f"Sweep file {path}: unknown slurm key(s) {sorted(unknown)} (known: {sorted(_SLURM_KEYS)})")
@@ -270,7 +274,11 @@ def execute(argv: Sequence[str], output: str, env: Optional[Mapping[str, str]] =
     with open(os.path.join(output, RUN_LOG), "a", encoding="utf-8") as log:
         log.write(f"$ {shlex.join(argv)}\n")
         log.flush()
-        process = subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT, env=dict(env or os.environ))
+        try:
+            process = subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT, env=dict(env or os.environ))
+        except OSError as exc:  # e.g. a --python that does not exist: this run fails, the others go on
+            log.write(f"Error: cannot start {argv[0]}: {exc}\n")
+            return 127
         if started is not None:
             started(process)
         return process.wait()
@@ -541,7 +549,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--root", default="", help="data root (train.py's --root); default: the file's 'data', "
                                                    "else $DATA, else ./data")
     parser.add_argument("--set", action="append", default=[], metavar="AXIS=V1,V2",
-                        help="replace a grid axis' values (e.g. --set dataset=dtd,eurosat --set seed=1)")
+                        help="replace the values of an axis of the top-level grid, or add one "
+                             "(e.g. --set dataset=dtd,eurosat --set seed=1)")
     parser.add_argument("--extra-opts", default="", help="KEY VALUE options appended to every command (EXTRA_OPTS)")
     parser.add_argument("--python", default=sys.executable, help="interpreter for train.py")
     parser.add_argument("--csv", default="", help="where to write the results table (default: "
