@@ -85,7 +85,7 @@ class Run:
     output: str
     argv: List[str]                      # train.py's arguments (without the interpreter and script)
     after: Optional["Run"] = None        # the run that must finish first (a test run's training)
-    status: str = "pending"              # finished (before we started) | done | failed | skipped | pending
+    status: str = "pending"              # pending | running | done | failed | skipped | finished (already before)
     returncode: Optional[int] = None
     note: str = ""
 
