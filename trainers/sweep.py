@@ -50,7 +50,7 @@ import subprocess
 import sys
 from collections import OrderedDict
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import yaml
@@ -134,7 +134,8 @@ def load_sweep(path: str) -> Dict[str, Any]:
                                 "(known: args, opts, config, dataset_config)")
     unknown = set(spec.get("slurm") or {}) - _SLURM_KEYS
     if unknown:
-        raise InvalidInputError(f"Sweep file {path}: unknown slurm key(s) {sorted(unknown)} (known: {sorted(_SLURM_KEYS)})")
+        raise InvalidInputError(f"Sweep file {path}: unknown slurm key(s) {sorted(unknown)} "
+                                f"(known: {sorted(_SLURM_KEYS)})")
     spec["_path"] = path
     return spec
 
