@@ -198,7 +198,7 @@ def _table(summaries: Sequence[Summary], keyword: str) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> List[Summary]:
     parser = argparse.ArgumentParser(description="Mean and std of test results over seeds (CoOp's parser)")
     parser.add_argument("directory", type=str, help="path to directory")
-    parser.add_argument("--ci95", action="store_true", help=r"compute 95\% confidence interval")
+    parser.add_argument("--ci95", action="store_true", help="compute 95%% confidence interval")
     parser.add_argument("--test-log", action="store_true", help="parse test-only logs")
     parser.add_argument("--multi-exp", action="store_true", help="parse multiple experiments")
     parser.add_argument("--keyword", default="accuracy", type=str, help="which keyword to extract")

@@ -27,7 +27,9 @@ def full_cfg():
 
 
 def yaml_files(root):
-    return sorted(glob.glob(os.path.join(root, "**", "*.yaml"), recursive=True))
+    """Every yacs config under ``root`` (configs/sweeps/ holds sweep files, tested in test_sweep.py)."""
+    return sorted(p for p in glob.glob(os.path.join(root, "**", "*.yaml"), recursive=True)
+                  if os.path.join("configs", "sweeps") not in p)
 
 
 def in_node(key, node):
