@@ -114,6 +114,8 @@ class TrainerX:
         self.start_epoch = self.epoch = 0
         self.max_epoch = cfg.OPTIM.MAX_EPOCH
         self.output_dir = cfg.OUTPUT_DIR
+        # Checked on every rank before rank 0 builds alone, so each one stops with the message.
+        distributed.check_divides(cfg.DATALOADER.TRAIN_X.BATCH_SIZE, "DATALOADER.TRAIN_X.BATCH_SIZE")
         with distributed.rank0_first():  # rank 0 writes the caches (few-shot splits, CLIP files) the others read
             self.build_data_loader()
             self.build_model()
@@ -126,12 +128,10 @@ class TrainerX:
         """Hook: validate trainer-specific keys before anything is built."""
 
     def build_data_loader(self) -> None:
-        loaders = self.cfg.DATALOADER
-        distributed.check_divides(loaders.TRAIN_X.BATCH_SIZE, "DATALOADER.TRAIN_X.BATCH_SIZE")
         dm = DataManager(self.cfg)
         self.dm = dm
-        if dm.train_loader_u is not None and not loaders.TRAIN_U.SAME_AS_X:
-            distributed.check_divides(loaders.TRAIN_U.BATCH_SIZE, "DATALOADER.TRAIN_U.BATCH_SIZE")
+        if dm.train_loader_u is not None and not self.cfg.DATALOADER.TRAIN_U.SAME_AS_X:
+            distributed.check_divides(self.cfg.DATALOADER.TRAIN_U.BATCH_SIZE, "DATALOADER.TRAIN_U.BATCH_SIZE")
         # Several processes: each takes its slice of every global training batch and a block of evaluation.
         self.train_loader_x = distributed.shard_loader(dm.train_loader_x, train=True)
         self.train_loader_u = distributed.shard_loader(dm.train_loader_u, train=True)
