@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+from collections import OrderedDict
 from typing import Dict, List, Tuple
 
 import pytest
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from torch.utils.data import BatchSampler, SequentialSampler
 
 from trainers.engine.distributed import ContiguousBlock, GlobalBatchSlice, average_gradients, weighted_mean
+from trainers.engine.trainer import TrainerX
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -59,12 +61,33 @@ def _average_in_process(rank: int, store: str, out: str) -> None:
     params = [*model.parameters(), only_rank0, unused]
     average_gradients(params, end - start)
     mean = weighted_mean({"loss": loss.item()}, end - start)
-    torch.save({"grads": [p.grad for p in params], "loss": mean["loss"]}, os.path.join(out, f"{rank}.pt"))
+    torch.save({"grads": [p.grad for p in params], "loss": mean["loss"], "amp": _amp_steps(rank, x[start:end])},
+               os.path.join(out, f"{rank}.pt"))
     dist.destroy_process_group()
 
 
+def _amp_steps(rank: int, x: torch.Tensor) -> Dict[str, object]:
+    """The engine's amp step when only rank 1's gradients overflow, then a finite step."""
+    trainer = TrainerX.__new__(TrainerX)  # the step's parts only: no data or CLIP
+    model = nn.Linear(3, 2)
+    nn.init.ones_(model.weight)
+    trainer._models, trainer._scheds = OrderedDict(m=model), OrderedDict(m=None)
+    trainer._optims = OrderedDict(m=torch.optim.SGD(model.parameters(), lr=0.1))
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=4.0)
+    before = model.weight.detach().clone()
+    overflow = float("inf") if rank == 1 else 1.0
+    trainer.model_zero_grad()
+    trainer.model_backward(model(x).sum() * overflow, num_samples=len(x))
+    trainer.model_update()
+    skipped = torch.equal(model.weight, before)
+    trainer.model_zero_grad()
+    trainer.model_backward(model(x).mean(), num_samples=len(x))
+    trainer.model_update()
+    return {"skipped": skipped, "scale": trainer.scaler.get_scale(), "weight": model.weight.detach().clone()}
+
+
 @pytest.mark.slow
-def test_uneven_slices_average_to_the_full_batch_gradient_and_loss(tmp_path):
+def test_uneven_slices_average_to_the_full_batch_gradient_and_loss_and_amp_steps_agree(tmp_path):
     mp.spawn(_average_in_process, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=2)
     torch.manual_seed(0)
     model = nn.Linear(3, 2)
@@ -78,6 +101,10 @@ def test_uneven_slices_average_to_the_full_batch_gradient_and_loss(tmp_path):
         assert torch.allclose(only_rank0, torch.full((2,), 3 / 5))  # no gradient on rank 1 counts as zero there
         assert unused is None  # no gradient anywhere: the optimizer skips it, as in one process
         assert got["loss"] == pytest.approx(loss.item(), abs=1e-6)
+        # amp: the overflow on rank 1 makes every rank skip that step and halve the scale.
+        assert got["amp"]["skipped"] and got["amp"]["scale"] == 2.0
+    ranks = [torch.load(tmp_path / f"{rank}.pt")["amp"]["weight"] for rank in range(2)]
+    assert torch.equal(ranks[0], ranks[1]) and not torch.equal(ranks[0], torch.ones(2, 3))
 
 
 # ----- end to end: train.py under torchrun -------------------------------------------------------------

@@ -214,6 +214,11 @@ class TrainerX:
                     seen.setdefault(id(p), p)
         return list(seen.values())
 
+    def average_gradients(self, num_samples: int) -> None:
+        """Several processes: every gradient becomes the sample-weighted mean over them (else nothing)."""
+        if distributed.is_distributed():
+            distributed.average_gradients(self.trainable_parameters(), num_samples)
+
     def model_backward(self, loss: torch.Tensor, num_samples: int = 1) -> None:
         """Backward; under amp through the GradScaler, then unscaled so hooks see true gradients.
 
@@ -225,10 +230,10 @@ class TrainerX:
         if self.scaler is None:
             self.detect_anomaly(loss)
             loss.backward()
-            distributed.average_gradients(self.trainable_parameters(), num_samples)
+            self.average_gradients(num_samples)
             return
         self.scaler.scale(loss).backward()
-        distributed.average_gradients(self.trainable_parameters(), num_samples)
+        self.average_gradients(num_samples)
         for optim in self._distinct_optimizers():
             self.scaler.unscale_(optim)
 
