@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch.utils.data import BatchSampler, SequentialSampler
 
 from trainers.engine.distributed import ContiguousBlock, GlobalBatchSlice, average_gradients, weighted_mean
+from trainers.engine.evaluator import Classification
 from trainers.engine.trainer import TrainerX
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -61,9 +62,24 @@ def _average_in_process(rank: int, store: str, out: str) -> None:
     params = [*model.parameters(), only_rank0, unused]
     average_gradients(params, end - start)
     mean = weighted_mean({"loss": loss.item()}, end - start)
-    torch.save({"grads": [p.grad for p in params], "loss": mean["loss"], "amp": _amp_steps(rank, x[start:end])},
+    torch.save({"grads": [p.grad for p in params], "loss": mean["loss"], "amp": _amp_steps(rank, x[start:end]),
+                "evaluation": _evaluate_rows(range(3) if rank == 0 else range(3, 7), os.path.join(out, "eval"))},
                os.path.join(out, f"{rank}.pt"))
     dist.destroy_process_group()
+
+
+def _evaluate_rows(rows: range, output_dir: str) -> Dict[str, float]:
+    """A two-task evaluation of ``rows`` (one of them scored from logits) that writes predictions.csv."""
+    evaluator = Classification(["a", "b"], [{0: "x", 1: "y"}, {0: "p", 1: "q", 2: "r"}],
+                               metrics=["accuracy", "mean_per_class_accuracy"], output_dir=output_dir,
+                               save_predictions=True)
+    torch.manual_seed(1)
+    tasks = torch.tensor([0, 1, 1, 0, 1, 1, 0])
+    labels = torch.tensor([1, 2, 0, 0, 1, 2, 1])
+    logits = [torch.randn(2 if t == 0 else 3) for t in tasks.tolist()]
+    for i in rows:  # one batch per row
+        evaluator.process([logits[i]], labels[i:i + 1], tasks=tasks[i:i + 1], impaths=[f"img{i}.jpg"])
+    return dict(evaluator.evaluate())
 
 
 def _amp_steps(rank: int, x: torch.Tensor) -> Dict[str, object]:
@@ -87,7 +103,7 @@ def _amp_steps(rank: int, x: torch.Tensor) -> Dict[str, object]:
 
 
 @pytest.mark.slow
-def test_uneven_slices_average_to_the_full_batch_gradient_and_loss_and_amp_steps_agree(tmp_path):
+def test_uneven_slices_average_to_the_full_batch_gradient_amp_steps_agree_and_evaluation_gathers(tmp_path):
     mp.spawn(_average_in_process, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=2)
     torch.manual_seed(0)
     model = nn.Linear(3, 2)
@@ -105,6 +121,11 @@ def test_uneven_slices_average_to_the_full_batch_gradient_and_loss_and_amp_steps
         assert got["amp"]["skipped"] and got["amp"]["scale"] == 2.0
     ranks = [torch.load(tmp_path / f"{rank}.pt")["amp"]["weight"] for rank in range(2)]
     assert torch.equal(ranks[0], ranks[1]) and not torch.equal(ranks[0], torch.ones(2, 3))
+    # Evaluation split 3 + 4 rows: every rank reports what one process reports, rank 0 writes the same file.
+    single = _evaluate_rows(range(7), str(tmp_path / "eval_single"))
+    assert [torch.load(tmp_path / f"{rank}.pt")["evaluation"] for rank in range(2)] == [single, single]
+    assert open(tmp_path / "eval" / "predictions.csv").read() == \
+        open(tmp_path / "eval_single" / "predictions.csv").read()
 
 
 # ----- end to end: train.py under torchrun -------------------------------------------------------------
