@@ -201,13 +201,14 @@ def test_two_ranks_train_like_one_process_with_the_same_global_batch(runs):
 
 @pytest.mark.slow
 def test_two_ranks_evaluate_to_the_same_predictions_as_one_process(runs):
-    eval_one, eval_two = (os.path.join(runs["base"], name) for name in ("eval_one", "eval_two"))
-    flags = ["--root", runs["root"], "--eval-only", "--model-dir", runs["one"], "--load-epoch", "2"]
-    assert single(*flags, "--output-dir", eval_one, *RECIPE) == 0
-    done = torchrun(*flags, "--output-dir", eval_two, *RECIPE)
+    """``--eval-only`` of the one-process run's last checkpoint on 2 ranks; that run's own test of
+    the same weights is the one-process reference (test_coop_e2e: eval-only reproduces it)."""
+    evaluated = os.path.join(runs["base"], "eval_two")
+    done = torchrun("--root", runs["root"], "--eval-only", "--model-dir", runs["one"], "--load-epoch", "2",
+                    "--output-dir", evaluated, *RECIPE)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert accuracy(read_log(eval_two)) == accuracy(read_log(eval_one))
-    assert_same_predictions(os.path.join(eval_one, "predictions.csv"), os.path.join(eval_two, "predictions.csv"))
+    assert accuracy(read_log(evaluated)) == accuracy(read_log(runs["one"]))
+    assert_same_predictions(os.path.join(runs["one"], "predictions.csv"), os.path.join(evaluated, "predictions.csv"))
 
 
 @pytest.mark.slow

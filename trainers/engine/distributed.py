@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import os
 import random
 import sys
@@ -153,9 +154,9 @@ def _decorrelate_rank(rank: int) -> None:
         torch.manual_seed(int(torch.randint(2 ** 62, ())) + rank)
 
 
-def _seed_worker_for_rank(worker_id: int) -> None:
+def _seed_worker_for_rank(rank: int, worker_id: int) -> None:
     """Loader workers of ranks > 0 get seeds apart from rank 0's (same base seed on every rank)."""
-    seed = (torch.initial_seed() + rank() * 1_000_003) % 2 ** 63
+    seed = (torch.initial_seed() + rank * 1_000_003) % 2 ** 63
     torch.manual_seed(seed)
     random.seed(seed)
     try:
@@ -186,7 +187,7 @@ def shard_loader(loader: Optional[DataLoader], train: bool) -> Optional[DataLoad
     workers = loader.num_workers
     return DataLoader(loader.dataset, batch_sampler=batch_sampler, num_workers=workers,
                       collate_fn=loader.collate_fn, pin_memory=loader.pin_memory, timeout=loader.timeout,
-                      worker_init_fn=_seed_worker_for_rank if workers else None,
+                      worker_init_fn=functools.partial(_seed_worker_for_rank, rank()) if workers else None,
                       prefetch_factor=loader.prefetch_factor if workers else None,
                       persistent_workers=loader.persistent_workers)
 
