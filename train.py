@@ -10,6 +10,7 @@ example (flags first, then KEY VALUE config options):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import random
@@ -24,6 +25,7 @@ import trainers
 from clip.errors import UserInputError
 from datasets.build import build_dataset
 from datasets.manager import find_unreadable_images, parse_dataset_names
+from trainers.engine import distributed
 from trainers.engine.config import get_cfg_default, merge_from_file, merge_from_list
 from trainers.engine.lock import output_dir_lock
 from trainers.engine.logger import report_error, setup_logger
@@ -211,11 +213,24 @@ def run(args) -> int:
         print(exc.args[0], file=sys.stderr)
         return 2
 
+    # torchrun: one run over several processes; every rank is seeded alike so their samplers agree.
+    distributed.init_from_env(cfg.USE_CUDA)
+    try:
+        return run_in_process_group(args, cfg)
+    finally:
+        distributed.close()
+
+
+def run_in_process_group(args, cfg) -> int:
+    """Train and/or test; with several processes rank 0 alone holds the lock and writes the files."""
     if cfg.SEED >= 0:
         print(f"Setting fixed seed: {cfg.SEED}")
         set_random_seed(cfg.SEED)
-    with output_dir_lock(cfg.OUTPUT_DIR):
-        setup_logger(cfg.OUTPUT_DIR)
+    main_process = distributed.is_main()
+    with output_dir_lock(cfg.OUTPUT_DIR) if main_process else contextlib.nullcontext():
+        distributed.barrier()  # the others start once rank 0 holds the folder
+        if main_process:
+            setup_logger(cfg.OUTPUT_DIR)
         if torch.cuda.is_available() and cfg.USE_CUDA:
             torch.backends.cudnn.benchmark = True
         print_args(args, cfg)
@@ -234,7 +249,7 @@ def run(args) -> int:
                 trainer.load_model(args.model_dir, epoch=args.load_epoch)
             trainer.train()
         results = getattr(trainer, "last_results", None)
-        if results is not None:
+        if results is not None and main_process:
             write_results(cfg.OUTPUT_DIR, results, cfg, extra={
                 "eval_only": args.eval_only, "model_dir": args.model_dir, "load_epoch": args.load_epoch,
                 **trainer.results_report()})

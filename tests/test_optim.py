@@ -265,7 +265,7 @@ def test_staged_lr_groups_direct_children():
     cfg = optim_cfg(STAGED_LR=True, NEW_LAYERS=("head",), BASE_LR_MULT=0.1)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        base, new = build_optimizer(nn.DataParallel(model), cfg).param_groups
+        base, new = build_optimizer(model, cfg).param_groups
     assert base["lr"] == pytest.approx(0.0002) and new["lr"] == 0.002
     assert {id(p) for p in new["params"]} == {id(p) for p in model.head.parameters()}
     expected_base = [model.scale, *model.backbone.parameters()]

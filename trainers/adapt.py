@@ -35,8 +35,10 @@ import torch
 import torch.nn as nn
 
 import clip
+from datasets.io import atomic_write_text
 from trainers.base import PromptedCLIP, PromptTrainer
 from trainers.coop import check_input_size
+from trainers.engine import distributed
 from trainers.engine.config import CN
 from trainers.engine.registry import TRAINER_REGISTRY, config_hook
 from trainers.prompts.kv import (SCORE_NORMALIZATIONS, SCORES, KVPromptBank, PruningSchedule, Slot,
@@ -273,8 +275,9 @@ class Adapt(PromptTrainer):
         entry = {"epoch": epoch}
         entry.update({name: mask.int().tolist() for name, mask in self.prompt_learner.masks().items()})
         self.mask_history.append(entry)
-        with open(os.path.join(self.output_dir, MASKS_FILE), "w") as f:
-            json.dump({"t_target": self.cfg.TRAINER.ADAPT.T_TARGET, "epochs": self.mask_history}, f)
+        if distributed.is_main():
+            atomic_write_text(os.path.join(self.output_dir, MASKS_FILE),
+                              json.dumps({"t_target": self.cfg.TRAINER.ADAPT.T_TARGET, "epochs": self.mask_history}))
 
     def before_train(self) -> None:
         super().before_train()

@@ -24,7 +24,7 @@ import torch
 
 from datasets.io import atomic_open, atomic_save
 from datasets.registry import Registry
-from trainers.engine import elevater_metrics
+from trainers.engine import distributed, elevater_metrics
 
 if TYPE_CHECKING:
     from datasets.manager import Task
@@ -223,8 +223,10 @@ class Classification:
 
         One task: Dassl's keys (``accuracy`` first). Several: ``overall_metric`` (the mean of the
         tasks' own metrics) first, or ``<task>/metric`` when ``select_by`` names a task; then the
-        means over tasks and ``<task>/<key>`` for every task.
+        means over tasks and ``<task>/<key>`` for every task. With several processes every rank
+        calls it; the rows of all ranks are scored and rank 0 writes the files.
         """
+        self.gather_ranks()
         if not self._labels:
             raise RuntimeError("Nothing to evaluate: process() was not called since reset()")
         tasks, labels, preds = (torch.cat(x) for x in (self._tasks, self._labels, self._preds))
@@ -242,11 +244,25 @@ class Classification:
             results.pop("metric")
             if self.softcpt_lines_for_one_task:
                 results["overall_metric"] = self._print_softcpt_lines(per_task)
-        if self.compute_cmat:
+        if self.compute_cmat and distributed.is_main():
             self._save_cmat(tasks, labels, preds)
-        if self.save_predictions:
+        if self.save_predictions and distributed.is_main():
             self._save_predictions(tasks, labels, preds)
         return results
+
+    def gather_ranks(self) -> None:
+        """Several processes: replace this rank's rows by every rank's, in rank order, which is the
+        loader's order because each rank evaluates one contiguous block of it."""
+        if not distributed.is_distributed():
+            return
+        fields = ("_tasks", "_labels", "_preds", "_logits", "_impaths")
+        parts = distributed.all_gather_object([getattr(self, name) for name in fields] + [self._task_scores])
+        self.reset()
+        for part in parts:
+            for name, rows in zip(fields, part):
+                getattr(self, name).extend(rows)
+            for scores, rows in zip(self._task_scores, part[-1]):
+                scores.extend(rows)
 
     def _multi_task_results(self, per_task: Sequence[Tuple[int, Dict[str, float], int]]) -> "OrderedDict[str, float]":
         """Print the block of means over tasks and SoftCPT's lines; order the results for model selection."""

@@ -85,8 +85,6 @@ def _staged_param_groups(model: Any, cfg: CN) -> list[dict[str, Any]]:
     Parameters registered on the model itself belong to no child; Dassl leaves them out of the
     optimizer (they would never train), here they join the base group.
     """
-    if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-        model = model.module
     if not isinstance(model, nn.Module):
         raise TypeError("OPTIM.STAGED_LR needs an nn.Module passed to build_optimizer() to split "
                         f"into layers; got {type(model).__name__}")

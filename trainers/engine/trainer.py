@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from clip.errors import InvalidInputError, MissingInputError
 from datasets.manager import DataManager
+from trainers.engine import distributed
 from trainers.engine import evaluator as evaluation
 from trainers.engine.checkpoint import (BEST_NAME, CheckpointMismatchError, capture_rng_state, checkpoint_path,
                                         latest_checkpoint, load_checkpoint, load_state_dict_checked,
@@ -106,13 +107,19 @@ class TrainerX:
         self.check_cfg(cfg)
         self.cfg = cfg
         use_cuda = torch.cuda.is_available() and cfg.USE_CUDA
-        self.device = torch.device("cuda" if use_cuda else "cpu")
-        print(f"Device: {torch.cuda.get_device_name(0) if use_cuda else 'CPU'} ({self.device.type})")
+        # torchrun's processes each run on their own GPU (distributed.init_from_env made it current).
+        self.device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
+        print(f"Device: {torch.cuda.get_device_name(self.device) if use_cuda else 'CPU'} ({self.device.type})"
+              + (f", {distributed.world_size()} processes" if distributed.is_distributed() else ""))
         self.start_epoch = self.epoch = 0
         self.max_epoch = cfg.OPTIM.MAX_EPOCH
         self.output_dir = cfg.OUTPUT_DIR
-        self.build_data_loader()
-        self.build_model()
+        # Checked on every rank before rank 0 builds alone, so each one stops with the message.
+        distributed.check_divides(cfg.DATALOADER.TRAIN_X.BATCH_SIZE, "DATALOADER.TRAIN_X.BATCH_SIZE")
+        with distributed.rank0_first():  # rank 0 writes the caches (few-shot splits, CLIP files) the others read
+            self.build_data_loader()
+            self.build_model()
+        distributed.broadcast_parameters(self.trainable_parameters())
         self.evaluator = self.build_evaluator()
         self.best_result = -float("inf")
 
@@ -123,10 +130,13 @@ class TrainerX:
     def build_data_loader(self) -> None:
         dm = DataManager(self.cfg)
         self.dm = dm
-        self.train_loader_x = dm.train_loader_x
-        self.train_loader_u = dm.train_loader_u
-        self.val_loader = dm.val_loader
-        self.test_loader = dm.test_loader
+        if dm.train_loader_u is not None and not self.cfg.DATALOADER.TRAIN_U.SAME_AS_X:
+            distributed.check_divides(self.cfg.DATALOADER.TRAIN_U.BATCH_SIZE, "DATALOADER.TRAIN_U.BATCH_SIZE")
+        # Several processes: each takes its slice of every global training batch and a block of evaluation.
+        self.train_loader_x = distributed.shard_loader(dm.train_loader_x, train=True)
+        self.train_loader_u = distributed.shard_loader(dm.train_loader_u, train=True)
+        self.val_loader = distributed.shard_loader(dm.val_loader, train=False)
+        self.test_loader = distributed.shard_loader(dm.test_loader, train=False)
         self.num_classes = dm.num_classes
         self.num_source_domains = dm.num_source_domains
         self.lab2cname = dm.lab2cname
@@ -172,7 +182,7 @@ class TrainerX:
 
     def detect_anomaly(self, loss: torch.Tensor) -> None:
         """Stop on a NaN/Inf loss before it reaches the weights (checkpoints already written stay)."""
-        if torch.isfinite(loss).all():
+        if distributed.all_true(bool(torch.isfinite(loss).all())):
             return
         precision = getattr(self, "precision", None)
         node = getattr(self, "config_node", "<NODE>")
@@ -195,13 +205,35 @@ class TrainerX:
                 seen.setdefault(id(optim), optim)
         return list(seen.values())
 
-    def model_backward(self, loss: torch.Tensor) -> None:
-        """Backward; under amp through the GradScaler, then unscaled so hooks see true gradients."""
+    def trainable_parameters(self) -> List[nn.Parameter]:
+        """Every parameter of the registered models that learns, each once, in a fixed order."""
+        seen: Dict[int, nn.Parameter] = {}
+        for model in self._models.values():
+            for p in model.parameters():
+                if p.requires_grad:
+                    seen.setdefault(id(p), p)
+        return list(seen.values())
+
+    def average_gradients(self, num_samples: int) -> None:
+        """Several processes: every gradient becomes the sample-weighted mean over them (else nothing)."""
+        if distributed.is_distributed():
+            distributed.average_gradients(self.trainable_parameters(), num_samples)
+
+    def model_backward(self, loss: torch.Tensor, num_samples: int = 1) -> None:
+        """Backward; under amp through the GradScaler, then unscaled so hooks see true gradients.
+
+        Several processes: the gradients are averaged over them, weighted by ``num_samples`` (each
+        one's slice of the global batch), before the hooks and the step. Under amp the scaled
+        gradients are averaged (every rank has the same scale), so unscaling then finds the same
+        Inf/NaN on every rank and all ranks skip or take the step together.
+        """
         if self.scaler is None:
             self.detect_anomaly(loss)
             loss.backward()
+            self.average_gradients(num_samples)
             return
         self.scaler.scale(loss).backward()
+        self.average_gradients(num_samples)
         for optim in self._distinct_optimizers():
             self.scaler.unscale_(optim)
 
@@ -217,9 +249,10 @@ class TrainerX:
             if self._optims[name] is not None:
                 self._optims[name].step()
 
-    def model_backward_and_update(self, loss: torch.Tensor, names=None) -> None:
+    def model_backward_and_update(self, loss: torch.Tensor, names=None, num_samples: int = 1) -> None:
+        """One optimisation step; ``num_samples``: this process's share of the global batch."""
         self.model_zero_grad(names)
-        self.model_backward(loss)
+        self.model_backward(loss, num_samples)
         self.after_backward()
         self.model_update(names)
         self.after_step()
@@ -245,7 +278,11 @@ class TrainerX:
                    val_result: Optional[float] = None, model_name: str = "",
                    position: Optional[Dict[str, Any]] = None) -> None:
         """Save every registered module as ``<directory>/<name>/``; ``epoch`` is the 0-based epoch
-        last completed, ``position`` where inside the next epoch a stopped run continues."""
+        last completed, ``position`` where inside the next epoch a stopped run continues. Only rank 0
+        writes; every rank returns once the files are complete (a later load may read them)."""
+        if not distributed.is_main():
+            distributed.barrier()
+            return
         rng_state = capture_rng_state()
         trainer_state = self.trainer_state()
         for name in self.get_model_names():
@@ -260,6 +297,7 @@ class TrainerX:
                 "trainer_state": trainer_state,
                 "position": position,
             }, os.path.join(directory, name), is_best=is_best, model_name=model_name)
+        distributed.barrier()
 
     def resume_model_if_exist(self, directory: str) -> int:
         names = self.get_model_names()
@@ -382,8 +420,10 @@ class TrainerX:
 
     def stop_if_requested(self) -> None:
         """After an iteration: on a stop request, save where the run is and raise ``TrainingStopped``."""
-        if self._stop_signal is None:
+        signum = distributed.max_over_ranks(self._stop_signal or 0)  # every rank stops at the same batch
+        if not signum:
             return
+        self._stop_signal = signum
         position = {"batch": self.batch_idx + 1, "epoch_rng": self._epoch_rng}
         self.save_model(self.epoch - 1, self.output_dir, model_name=STOPPED_NAME, position=position)
         raise TrainingStopped(self._stop_signal, f"Stopped at epoch {self.epoch + 1}, batch {self.batch_idx + 1} "
@@ -391,6 +431,7 @@ class TrainerX:
 
     def train_batches(self) -> Iterator[Tuple[int, dict]]:
         """The epoch's batches; a resumed stopped run replays its epoch's order and skips the batches done."""
+        distributed.sync_rng_state()  # several processes: every sampler draws rank 0's permutation
         self._epoch_rng = capture_rng_state()
         position, self._resume_position = getattr(self, "_resume_position", None), None
         if position is None:
@@ -408,7 +449,7 @@ class TrainerX:
         self.check_model_selection()
         directory = self.cfg.RESUME or self.output_dir
         self.start_epoch = self.resume_model_if_exist(directory)
-        self._writer = make_writer(os.path.join(self.output_dir, "tensorboard"))
+        self._writer = make_writer(os.path.join(self.output_dir, "tensorboard")) if distributed.is_main() else None
         self.time_start = time.time()
 
     def check_model_selection(self) -> None:
@@ -518,9 +559,12 @@ class TrainerX:
         step_batch = self.parse_batch_train(batch)
         with self.autocast():
             output = self.loss_terms(step_batch)
-        self.model_backward_and_update(output.loss)
-        self.last_loss_terms = {name: term.item() for name, term in output.losses.items()}
-        summary = self.loss_summary(output, step_batch)
+        num_samples = len(step_batch.labels)
+        self.model_backward_and_update(output.loss, num_samples=num_samples)
+        # Several processes: the values over the global batch, as one process prints them.
+        self.last_loss_terms = distributed.weighted_mean(
+            {name: term.item() for name, term in output.losses.items()}, num_samples)
+        summary = distributed.weighted_mean(self.loss_summary(output, step_batch), num_samples)
         if (self.batch_idx + 1) == self.num_batches:
             self.update_lr()
         return summary
@@ -598,7 +642,7 @@ class TrainerX:
         print(f"Evaluate on the *{split}* set")
         self.begin_evaluation()
         try:
-            for batch in tqdm(loader, dynamic_ncols=True, leave=False):
+            for batch in tqdm(loader, dynamic_ncols=True, leave=False, disable=not distributed.is_main()):
                 images, labels = self.parse_batch_test(batch)
                 tasks = batch.get("task")
                 device_tasks = tasks.to(self.device) if tasks is not None else None
