@@ -84,15 +84,16 @@ class PromptedCLIP(nn.Module):
 
     def encode_prompts(self, learner: nn.Module, deep_prompts=None, ctx: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Text features of a prompt learner's class prompts (around ``ctx`` when given, else its
-        own context): the tokens all classes share (start token + context) run once when the
-        learner offers them (``shared_prefix``) and ``MODEL.BACKBONE.SHARED_PREFIX`` is on;
-        otherwise every class prompt runs in full."""
+        own context): the tokens a group of classes shares (start token + context) run once when
+        the learner offers them (``shared_prefix`` -> ``SharedPrefix`` or None) and
+        ``MODEL.BACKBONE.SHARED_PREFIX`` is on; otherwise every class prompt runs in full."""
         offers = getattr(self.clip, "shared_prefix", False) and hasattr(learner, "shared_prefix")
         shared = learner.shared_prefix(ctx) if offers else None
         if shared is None:
-            return self.clip.encode_text_embeddings(learner(ctx), learner.eot_positions, deep_prompts=deep_prompts)
-        prefix, suffix = shared
-        return self.clip.encode_text_shared_prefix(prefix, suffix, learner.eot_positions, deep_prompts=deep_prompts)
+            prompts = learner() if ctx is None else learner(ctx)
+            return self.clip.encode_text_embeddings(prompts, learner.eot_positions, deep_prompts=deep_prompts)
+        return self.clip.encode_text_shared_prefix(shared.prefix, shared.suffix, learner.eot_positions,
+                                                   shared.group_index, deep_prompts=deep_prompts)
 
     def text_features(self, tasks: Optional[torch.Tensor] = None) -> torch.Tensor:
         return self._text_cache if self._text_cache is not None else self.class_text_features()

@@ -6,7 +6,7 @@ embeddings around the context are kept as buffers (``token_prefix`` = SOS,
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -15,6 +15,16 @@ import clip
 from clip.tokenizer import get_tokenizer
 
 CLASS_TOKEN_POSITIONS = ("end", "middle", "front")
+
+
+class SharedPrefix(NamedTuple):
+    """Class prompts split for ``CLIP.encode_text_shared_prefix``: ``prefix`` [G, P, D] (the leading
+    embeddings a group of rows shares), ``suffix`` [N, S, D] (each row's rest) and, for G > 1,
+    ``group_index`` [N] (the prefix each row continues)."""
+
+    prefix: torch.Tensor
+    suffix: torch.Tensor
+    group_index: Optional[torch.Tensor] = None
 
 
 def clean_classname(name: str) -> str:
@@ -124,23 +134,24 @@ class TextContextLearner(nn.Module):
         passes its projected one)."""
         return self.assemble(self.expanded_context(ctx))
 
-    def shared_prefix(self, ctx: Optional[torch.Tensor] = None) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
-        """(prefix [1, P, D], suffixes [C, L - P, D]) of the class prompts around ``ctx`` (default:
-        the learned context) when their first P tokens are the same for every class: start token +
-        generic context + fixed words every class shares (class at the end), or + the context's
+    def shared_prefix(self, ctx: Optional[torch.Tensor] = None,
+                      fixed_words: Optional[int] = None) -> Optional[SharedPrefix]:
+        """The class prompts around ``ctx`` (default: the learned context) split where their first P
+        tokens are the same for every class: start token + generic context + the fixed words
+        every class shares (at most ``fixed_words`` of them; class at the end), or + the context's
         first half (class in the middle). None for class-specific context or the class in front."""
         ctx = self.ctx if ctx is None else ctx
         if ctx.dim() != 2 or self.class_token_position == "front":
             return None
         start = self.token_prefix[:1]
         if self.class_token_position == "end":
-            common = self.common_suffix_len
+            common = self.common_suffix_len if fixed_words is None else min(fixed_words, self.common_suffix_len)
             prefix = torch.cat([start, ctx.unsqueeze(0), self.token_suffix[:1, :common]], dim=1)
-            return prefix, self.token_suffix[:, common:]
+            return SharedPrefix(prefix, self.token_suffix[:, common:])
         half = self.n_ctx // 2
         if half == 0:
             return None
         tail = ctx[half:].unsqueeze(0)
         suffixes = [torch.cat([self.token_suffix[i:i + 1, :n], tail, self.token_suffix[i:i + 1, n:]], dim=1)
                     for i, n in enumerate(self.name_lens)]
-        return torch.cat([start, ctx[:half].unsqueeze(0)], dim=1), torch.cat(suffixes)
+        return SharedPrefix(torch.cat([start, ctx[:half].unsqueeze(0)], dim=1), torch.cat(suffixes))
