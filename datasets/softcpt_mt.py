@@ -17,16 +17,21 @@ its meta); our split is stratified per class where the original's is per task.
 Task-name texts: the original's ``task_name.txt`` files are unpublished except FruitVegetable's
 "fruits and vegetables image classification"; the others are ours, in the same
 "<domain> image classification" style, with descriptions "classify <domain> images into <C>
-categories" (``TASK_DOMAINS``). A split file's meta wins over them.
+categories" (``TASK_DOMAINS``). As in the original, a ``task_name.txt`` / ``task_desc.txt`` in
+the data set's folder is read when its split file is made, and a split file's meta wins over all.
 
 Metrics: ``metric`` is "mean_per_class" for the tasks the original marks ``mean_acc``
 (Caltech101, FGVCAircraft, OxfordFlowers, OxfordPets and all of Fashion-20), else "accuracy".
 
 Few-shot (train K per class, val min(K, 4) per class, test full) is cached per member in
 ``<its folder>/split_fewshot_mt/<member>-shot_<K>-seed_<SEED>.json`` together with the split
-file's fingerprint, so a cache is never reused for another task, shot count or split.
-Left out: the task-balanced sampler and ``DATASET.SUBSAMPLE_TASKS`` (use ``DATASET.NAME`` with
-the member names instead).
+file's fingerprint, so a cache is never reused for another task, shot count or split; a task
+set is the list of its members' caches, so no cache belongs to a task set. (The original keeps
+one pickle per task set keyed by shots and seed only.)
+
+``DATASET.SUBSAMPLE_TASKS`` (all, task<i>, base, new) picks tasks and ``SUBSAMPLE_CLASSES`` then
+halves each task's classes (``datasets/manager.py``); ``DATALOADER.TRAIN_X.SAMPLER`` is the
+original's ``RandomSampler`` over the union (``drop_last``) or ``TaskBalancedSampler``.
 """
 from __future__ import annotations
 
@@ -167,10 +172,19 @@ class SoftCPTSource(DatasetBase):
         """Every task's (train, val, test) for a new split file (one task unless Fashion-20)."""
         raise NotImplementedError
 
+    def authored_text(self, filename: str, default: str) -> str:
+        """The text of ``<data set folder>/<filename>`` (the original's task_name.txt, task_desc.txt) if present."""
+        path = os.path.join(self.dataset_dir, filename)
+        if not os.path.isfile(path):
+            return default
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip() or default
+
     def split_meta(self, classnames: List[List[str]]) -> Dict[str, list]:
         domain = TASK_DOMAINS[type(self).__name__]
-        return {"taskid2cname": classnames, "taskid2desc": [task_description(domain, len(classnames[0]))],
-                "taskid2type": ["sl"], "taskid2tname": [task_name_text(domain)],
+        desc = self.authored_text("task_desc.txt", task_description(domain, len(classnames[0])))
+        return {"taskid2cname": classnames, "taskid2desc": [desc], "taskid2type": ["sl"],
+                "taskid2tname": [self.authored_text("task_name.txt", task_name_text(domain))],
                 "taskid2metric": [self.original_metric]}
 
     def write_split(self) -> None:

@@ -356,3 +356,61 @@ def test_results_reader_scores_runs_by_each_tasks_metric_beside_the_paper(tmp_pa
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("SoftCPT-NATA "))
     # seeds score 55 and 65: mean 60, population std 5; the paper's 1-shot NATA is 59.47±0.76
     assert "60.00±5.00 [59.47±0.76]" in row and "- [67.12±0.39]" in row
+
+
+# ----- task selection and sampling (datasets/manager.py) ---------------------------------------------------------
+
+def test_subsample_tasks_picks_tasks_as_the_original_then_classes_per_task(data_root):
+    from clip.errors import InvalidInputError
+    from datasets import DataManager
+    from datasets.manager import subsample_tasks
+
+    names = ["A", "B", "C"]
+    assert subsample_tasks(names, "all") == names
+    assert subsample_tasks(names, "base") == ["A", "B"] and subsample_tasks(names, "new") == ["C"]
+    assert subsample_tasks(names, "task2") == ["C"]
+    for bad in ("task3", "tasks", "half"):
+        with pytest.raises(InvalidInputError, match="DATASET.SUBSAMPLE_TASKS"):
+            subsample_tasks(names, bad)
+    with pytest.raises(InvalidInputError, match="keeps no task"):
+        subsample_tasks(["A"], "new")
+
+    cfg = data_cfg(data_root, "Synthetic,SyntheticB", shots=1)
+    cfg.defrost()
+    cfg.DATASET.SUBSAMPLE_TASKS, cfg.DATASET.SUBSAMPLE_CLASSES = "task1", "new"
+    cfg.DATALOADER.TRAIN_X.SAMPLER = "TaskBalancedSampler"
+    dm = DataManager(cfg)
+    assert [t.name for t in dm.tasks] == ["SyntheticB"] and dm.tasks[0].index == 0
+    assert type(dm.train_loader_x.sampler).__name__ == "TaskBalancedSampler"
+    assert dm.tasks[0].num_classes == N_CLASSES[1] - math.ceil(N_CLASSES[1] / 2)
+
+
+def test_task_balanced_sampler_draws_tasks_equally_and_follows_the_seed():
+    from datasets.manager import TaskBalancedSampler, build_sampler
+
+    tasks = [0] * 90 + [1] * 10
+    sampler = build_sampler("TaskBalancedSampler", [None] * 100, tasks)
+    assert isinstance(sampler, TaskBalancedSampler) and len(sampler) == 100
+    torch.manual_seed(0)
+    first = list(sampler)
+    torch.manual_seed(0)
+    assert list(sampler) == first and list(sampler) != first  # the global RNG seeds it, a new order per epoch
+    draws = [tasks[i] for _ in range(20) for i in sampler]
+    share = draws.count(1) / len(draws)
+    assert 0.45 < share < 0.55  # the uniform sampler gives task 1 a share of 0.10
+    # a small task's items come round evenly: each of task 1's 10 items about 100 times in 2,000 draws
+    counts = torch.bincount(torch.tensor([i for _ in range(20) for i in sampler if i >= 90]) - 90)
+    assert int(counts.min()) > 50 and len(counts) == 10
+
+
+def test_the_originals_task_name_files_are_read_when_the_split_is_made(tmp_path):
+    from datasets import build_dataset
+    from datasets.io import read_json
+
+    for c, name in enumerate(["daisy", "rose"]):
+        write_images(tmp_path / "kaggle_flower_recognition" / "flowers" / name, 10, 90 * c)
+    (tmp_path / "kaggle_flower_recognition" / "task_name.txt").write_text("garden flower image classification\n")
+    dataset = build_dataset(data_cfg(tmp_path, "KaggleFlower"))
+    meta = read_json(str(tmp_path / "kaggle_flower_recognition" / "split_dk_KaggleFlower.json"))["meta"]
+    assert meta["taskid2tname"] == ["garden flower image classification"] == [dataset.task_name]
+    assert meta["taskid2desc"] == ["classify flower images into 2 categories"]  # no task_desc.txt: ours

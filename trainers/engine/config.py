@@ -68,6 +68,7 @@ def get_cfg_default() -> CN:
     _C.DATASET.CIFAR_C_LEVEL = 1
     _C.DATASET.ALL_AS_UNLABELED = False
     _C.DATASET.SUBSAMPLE_CLASSES = "all"  # CoOp's extend_cfg: all, base or new
+    _C.DATASET.SUBSAMPLE_TASKS = "all"  # SoftCPT's: all, task<i>, base (first ceil(T/2) tasks) or new
 
     _C.DATALOADER = CN()
     _C.DATALOADER.NUM_WORKERS = 4
