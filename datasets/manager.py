@@ -21,12 +21,12 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, Sequen
 
 from clip.errors import InvalidInputError, MissingInputError, UnreadableInputError
 from .base import DatasetBase, Datum
-from .build import TASK_SETS, build_dataset
+from .build import TASK_SET_CACHES, TASK_SETS, build_dataset
 from .elevater.index import ZIP_MEMBER_MARK, read_elevater_image
 from .transforms import build_transform, interpolation_mode
 
 __all__ = ["Task", "DataManager", "DatasetWrapper", "build_data_loader", "build_sampler", "TaskBalancedSampler", "read_image",
-           "find_unreadable_images", "parse_dataset_names", "subsample_tasks"]
+           "find_unreadable_images", "parse_dataset_names", "subsample_tasks", "build_tasks"]
 
 
 @dataclass(frozen=True)
@@ -230,6 +230,18 @@ def subsample_tasks(names: List[str], which: str) -> List[str]:
     return kept
 
 
+def build_tasks(cfg: Any) -> "tuple[List[str], List[DatasetBase]]":
+    """(names, data sets) of the tasks of ``DATASET.NAME`` after ``SUBSAMPLE_TASKS``: one data set
+    per name, or a task set's own cache when it has one (the original SoftCPT's few-shot pickles)."""
+    reader = TASK_SET_CACHES.get(cfg.DATASET.NAME.strip())
+    cached = reader(cfg) if reader is not None else None
+    if cached is not None:
+        names = subsample_tasks([name for name, _ in cached], cfg.DATASET.SUBSAMPLE_TASKS)
+        return names, [dataset for name, dataset in cached if name in names]
+    names = subsample_tasks(parse_dataset_names(cfg.DATASET.NAME), cfg.DATASET.SUBSAMPLE_TASKS)
+    return names, [build_dataset(cfg, name) for name in names]
+
+
 def _concat(lists: Sequence[Optional[List[Datum]]]) -> tuple:
     """Concatenate per-task lists -> (items, parallel task indices)."""
     items, tasks = [], []
@@ -243,8 +255,7 @@ class DataManager:
     """Builds the task(s) named by ``cfg.DATASET.NAME``, the transforms and the loaders."""
 
     def __init__(self, cfg: Any, custom_tfm_train: Any = None, custom_tfm_test: Any = None) -> None:
-        names = subsample_tasks(parse_dataset_names(cfg.DATASET.NAME), cfg.DATASET.SUBSAMPLE_TASKS)
-        self.datasets: List[DatasetBase] = [build_dataset(cfg, name) for name in names]
+        names, self.datasets = build_tasks(cfg)
         offsets = [sum(d.num_classes for d in self.datasets[:t]) for t in range(len(names))]
         self.tasks: List[Task] = [
             Task(index=t, name=name, classnames=list(d.classnames), lab2cname=dict(d.lab2cname),

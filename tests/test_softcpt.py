@@ -48,6 +48,7 @@ def saved(out, folder):
     return torch.load(os.path.join(out, folder, "model.pth.tar-1"), map_location="cpu")["state_dict"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_every_softcpt_variant_trains_and_saves_the_original_folders(variant, run_train, data_root, tmp_path):
     out = str(tmp_path)
@@ -73,6 +74,7 @@ def test_every_softcpt_variant_trains_and_saves_the_original_folders(variant, ru
     assert set(buffers) == {"0.token_prefix", "0.token_suffix", "1.token_prefix", "1.token_suffix"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("baseline", list(BASELINES))
 def test_every_hard_sharing_baseline_trains(baseline, run_train, data_root, tmp_path):
     out = str(tmp_path)
@@ -148,6 +150,7 @@ def test_learning_rate_per_epoch_follows_the_originals_k_step_schedule(column, t
     assert len(steps) == ({0: 1, 1: 3, 2: 4}[column])
 
 
+@pytest.mark.slow
 def test_a_checkpoint_loads_for_other_classes_with_the_token_buffers_rebuilt(run_train, data_root, tmp_path):
     base = str(tmp_path / "base")
     assert run_train(*cli("MTCoOp", data_root, "DATASET.SUBSAMPLE_CLASSES", "base"), output_dir=base)[0] == 0
@@ -222,6 +225,7 @@ def test_task_names_come_from_the_data_set_or_its_name(data_root, tmp_path):
     assert trainer.task_names()[1] == "texture image classification"
 
 
+@pytest.mark.slow
 def test_dept_wraps_softcpt_multi_task(run_train, data_root, tmp_path):
     code, log = run_train(*cli("ExtrasLinearProbeMTCoOp", data_root, *TWO_TASKS, "TRAINER.LINEAR_PROBE.ROUTE", "base",
                                config="MTCoOp"), output_dir=str(tmp_path))
@@ -320,6 +324,7 @@ def test_task_sets_expand_to_their_members_in_the_originals_order():
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_softcpt_script_trains_a_variant_into_the_table_layout(tmp_path, data_root, isolated_clip_cache):
     import subprocess
     import sys
@@ -414,3 +419,138 @@ def test_the_originals_task_name_files_are_read_when_the_split_is_made(tmp_path)
     meta = read_json(str(tmp_path / "kaggle_flower_recognition" / "split_dk_KaggleFlower.json"))["meta"]
     assert meta["taskid2tname"] == ["garden flower image classification"] == [dataset.task_name]
     assert meta["taskid2desc"] == ["classify flower images into 2 categories"]  # no task_desc.txt: ours
+
+
+# ----- the original's files through its command line: few-shot pickle, checkpoints, predictions ----------------
+
+PEER_MTCOOP = os.path.join(REPO, "..", "shared", "peer-configs", "softcpt", "configs")
+#: three tasks of a General layout: (task-name text, class names)
+GENERAL3 = [("object image classification", ["airplane", "face", "leopard"]),
+            ("texture image classification", ["banded", "woven"]),
+            ("satellite land use image classification", ["forest", "river", "sea or lake", "highway or road"])]
+
+
+def write_original_general3(root, monkeypatch, old_prefix):
+    """``<root>/general10/split_fewshot_mt/shot_1-seed_1.pkl`` as the original pickles it (DatumMT
+    records of dassl's module, image paths under ``old_prefix``); the images under ``root/images``."""
+    import pickle
+    import sys
+    import types
+
+    module = types.ModuleType("dassl.data.datasets.base_dataset")
+
+    class DatumMT:
+        def __init__(self, impath, label, task):
+            self._impath, self._label, self._domain, self._task, self._box = impath, label, 0, task, None
+
+    DatumMT.__module__, DatumMT.__qualname__ = module.__name__, "DatumMT"
+    module.DatumMT = DatumMT
+    for name in ("dassl", "dassl.data", "dassl.data.datasets"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    data = {"train": [], "val": [], "test": [], "taskid2tname": [t for t, _ in GENERAL3],
+            "taskid2cname": [c for _, c in GENERAL3], "taskid2desc": ["-"] * 3, "taskid2type": ["sl"] * 3,
+            "taskid2metric": ["ignored"] * 3}
+    for t, (_, classes) in enumerate(GENERAL3):
+        for label in range(len(classes)):
+            folder = root / "images" / str(t) / str(label)
+            write_images(folder, 4, 80 * label + 20 * t)
+            paths = [f"{old_prefix}/images/{t}/{label}/{i}.png" for i in range(4)]
+            data["train"].append(DatumMT(paths[0], [label], [t]))
+            data["val"].append(DatumMT(paths[1], [label], [t]))
+            data["test"] += [DatumMT(p, [label], [t]) for p in paths[2:]]
+    os.makedirs(root / "general10" / "split_fewshot_mt")
+    with open(root / "general10" / "split_fewshot_mt" / "shot_1-seed_1.pkl", "wb") as f:
+        pickle.dump(data, f, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def original_checkpoint(kind, embed, n_cls):
+    """{folder: state_dict} as the original saves them (class-name buffers of other shapes included)."""
+    torch.manual_seed(5)
+    stale = torch.randn(7, 1, WIDTH)
+    ctx = lambda *shape: torch.randn(*shape) * 0.3  # noqa: E731
+    if kind.startswith("MTCoOpHard"):
+        state = {"token_prefix": stale, "token_suffix": stale}
+        if kind.endswith("TSC"):
+            state.update({f"learners.{t}.ctx": ctx(4, WIDTH) for t in range(3)})
+        else:
+            state["ctx"] = ctx(4, WIDTH)
+        return {"prompt_learner": state}
+    files = {"prompt_learner": {f"{t}.token_{p}": stale for t in range(3) for p in ("prefix", "suffix")},
+             "task_prompt_learner": {"ctx": ctx(4, WIDTH), "token_prefix": stale, "token_suffix": stale},
+             "prompt_gen": {"proj": ctx(embed * (2 if kind == "CATA" else 1), 4 * WIDTH) * 0.1}}
+    if kind == "CATA":
+        files["class_prompt_learner"] = {"ctx": ctx(4, WIDTH), "token_prefix": stale, "token_suffix": stale}
+    return files
+
+
+ORIGINAL_RUNS = {"NATA": ("MTCoOp", VARIANTS["NATA"]), "CATA": ("MTCoOp", VARIANTS["CATA"]),
+                 "MTCoOpHard": ("MTCoOpHard", []), "MTCoOpHard-TSC": ("MTCoOpHard", ["TRAINER.MTCOOPH.TSC", "True"])}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", list(ORIGINAL_RUNS))
+def test_original_checkpoints_evaluate_through_its_command_line_to_per_task_predictions(
+        kind, monkeypatch, run_train, tmp_path):
+    import csv
+
+    trainer_name, opts = ORIGINAL_RUNS[kind]
+    node = "MTCOOP" if trainer_name == "MTCoOp" else "MTCOOPH"
+    configs = PEER_MTCOOP if os.path.isdir(PEER_MTCOOP) else os.path.join(REPO, "configs")
+    write_original_general3(tmp_path, monkeypatch, "/their/data")
+    argv = ["--root", str(tmp_path), "--seed", "1", "--trainer", trainer_name,
+            "--dataset-config-file", os.path.join(configs, "datasets", "general10.yaml"),
+            "--config-file", os.path.join(configs, "trainers", trainer_name, "rn50_ep50.yaml"),
+            "--old-data-path", "/their/data", "--new-data-path", str(tmp_path)]
+    options = ["MODEL.BACKBONE.NAME", "tiny-ViT-B/16", f"TRAINER.{node}.PREC", "fp32", "DATALOADER.NUM_WORKERS", "0",
+            "DATASET.NUM_SHOTS", "1", f"TRAINER.{node}.N_CTX", "4", *opts]
+    if trainer_name == "MTCoOp":
+        options += ["TRAINER.MTCOOP.TASK_N_CTX", "4", "TRAINER.MTCOOP.PG_TYPE", "lin"]
+    trainer = build(argv + options, tmp_path / "direct")
+    model_dir = tmp_path / "original"
+    embed = trainer.model.clip.text_projection.shape[1]
+    for folder, state in original_checkpoint(kind, embed, 9).items():
+        os.makedirs(model_dir / folder)
+        torch.save({"state_dict": state, "epoch": 50, "optimizer": {}, "scheduler": {}},
+                   model_dir / folder / "model.pth.tar-50")
+
+    out = tmp_path / "eval"
+    code, log = run_train(*argv, "--eval-only", "--model-dir", str(model_dir), "--load-epoch", "50", *options,
+                          "TEST.SAVE_PREDICTIONS", "True", output_dir=str(out))
+    assert code == 0, log[-2000:]
+    assert [t.name for t in trainer.dm.tasks] == ["Caltech101MT", "DescribableTexturesMT", "EuroSATMT"]
+    if trainer_name == "MTCoOp":
+        assert trainer.task_names() == [t for t, _ in GENERAL3]  # the pickle's task-name texts drive the prompts
+
+    # Expected: the loaded model's logits over each image's own task, in loader order.
+    trainer.load_model(str(model_dir), epoch=50)
+    trainer.model.eval()
+    expected = []
+    with torch.no_grad():
+        for batch in trainer.dm.test_loader:
+            logits = trainer.model(batch["img"], batch["task"])
+            for row, task, label, path in zip(logits, batch["task"].tolist(), batch["label"].tolist(), batch["impath"]):
+                span = trainer.dm.tasks[task]
+                expected.append((path, span.name, label, row[span.class_offset:span.class_offset + span.num_classes]))
+    with open(out / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(expected) == 2 * 9 and rows[0]["impath"].startswith(str(tmp_path))
+    metrics = {}
+    for row, (path, task, label, logits) in zip(rows, expected):
+        got = torch.tensor([float(row[f"logit_{i}"]) for i in range(len(logits))])
+        assert (row["impath"], row["task"], int(row["label"])) == (path, task, label)
+        assert all(row[f"logit_{i}"] == "" for i in range(len(logits), 4))  # only the task's own classes
+        assert torch.allclose(got, logits.float(), atol=1e-4) and int(row["prediction"]) == int(logits.argmax())
+        metrics.setdefault(task, []).append((label, int(row["prediction"])))
+    # SoftCPT's lines: mean per-class accuracy for Caltech101 (its mean_acc task), accuracy otherwise.
+    per_task = []
+    for t, task in enumerate(["Caltech101MT", "DescribableTexturesMT", "EuroSATMT"]):
+        pairs = metrics[task]
+        if t == 0:
+            per_class = {c: [p == c for l, p in pairs if l == c] for c in {l for l, _ in pairs}}
+            value = 100 * sum(sum(v) / len(v) for v in per_class.values()) / len(per_class)
+        else:
+            value = 100 * sum(l == p for l, p in pairs) / len(pairs)
+        per_task.append(value)
+        assert f"* task: {t} ({task})\ttotal: {len(pairs)}\tmetric: {value:.2f}%" in log
+    assert f"* overall_metric: {sum(per_task) / 3:.2f}%" in log and f"* average: {sum(per_task) / 3:.2f}%" in log

@@ -74,6 +74,9 @@ def get_cfg_default() -> CN:
     _C.DATALOADER.NUM_WORKERS = 4
     _C.DATALOADER.K_TRANSFORMS = 1
     _C.DATALOADER.RETURN_IMG0 = False
+    # SoftCPT's: image paths of its few-shot pickles starting with OLD_DATA_PATH are read under NEW_DATA_PATH
+    _C.DATALOADER.OLD_DATA_PATH = ""
+    _C.DATALOADER.NEW_DATA_PATH = ""
     _C.DATALOADER.TRAIN_X = CN()
     _C.DATALOADER.TRAIN_X.SAMPLER = "RandomSampler"
     _C.DATALOADER.TRAIN_X.BATCH_SIZE = 32
