@@ -554,3 +554,50 @@ def test_original_checkpoints_evaluate_through_its_command_line_to_per_task_pred
         per_task.append(value)
         assert f"* task: {t} ({task})\ttotal: {len(pairs)}\tmetric: {value:.2f}%" in log
     assert f"* overall_metric: {sum(per_task) / 3:.2f}%" in log and f"* average: {sum(per_task) / 3:.2f}%" in log
+
+
+# ----- beyond the paper: the meta network driving MaPLe-style deep prompts ----------------------------------------
+
+def test_softcpt_maple_prompts_each_image_with_its_tasks_generated_context(data_root, tmp_path):
+    from clip.errors import InvalidInputError
+
+    trainer = build(cli("MTCoOpMaPLe", data_root, *TWO_TASKS, "TRAINER.MAPLE.PROMPT_DEPTH", "3", config="MTCoOp"),
+                    tmp_path)
+    model, coupled = trainer.model, trainer.model.coupled_prompts
+    assert list(trainer.get_model_names()) == ["prompt_learner", "task_prompt_learner", "prompt_gen", "coupled_prompts"]
+    assert trainer._optims["task_prompt_learner"] is None  # one optimizer step per iteration
+    torch.manual_seed(0)
+    for p in coupled.parameters():  # away from the shared initial projection, so layers differ
+        p.data.normal_(0, 0.05)
+    images, tasks = torch.randn(2, 3, 224, 224), torch.tensor([1, 0])
+    with torch.no_grad():
+        got = model.image_features(images, tasks)
+        meta = model.meta_prompts
+        contexts = meta.contexts(model.encode_prompts, [0, 1])
+        deep = coupled.deep_vision_prompts()
+        for row, t in enumerate(tasks.tolist()):
+            alone = model.clip.encode_image(images[row:row + 1], prompts=coupled.proj(contexts[t]),
+                                            deep_prompts=deep, prompts_before_ln_pre=True)
+            assert torch.allclose(got[row:row + 1], alone, atol=1e-5)
+        assert not torch.allclose(got[0], model.image_features(images[:1], torch.tensor([0]))[0], atol=1e-4)
+        # Class prompts carry the deep text prompts: features differ from SoftCPT's plain encoding.
+        plain = meta.all_class_features(model.encode_prompts)
+        assert not torch.allclose(model.class_text_features(), plain, atol=1e-4)
+    with pytest.raises(InvalidInputError, match="CSC False"):
+        build(cli("MTCoOpMaPLe", data_root, *TWO_TASKS, *VARIANTS["CATA"], config="MTCoOp"), tmp_path / "ca")
+
+
+@pytest.mark.slow
+def test_softcpt_maple_trains_saves_and_evaluates_again(run_train, data_root, tmp_path):
+    out = str(tmp_path / "run")
+    code, log = run_train(*cli("MTCoOpMaPLe", data_root, *TWO_TASKS, "TRAINER.MAPLE.PROMPT_DEPTH", "3",
+                               config="MTCoOp"), output_dir=out)
+    assert code == 0 and "=> task: SyntheticB" in log and "steps per iteration" not in log
+    state = saved(out, "coupled_prompts")
+    assert {k.split(".")[0] for k in state} == {"proj", "compound_prompts_text", "compound_prompt_projections"}
+    assert tuple(state["compound_prompts_text.1"].shape) == (4, WIDTH)
+    overall = [line for line in log.splitlines() if line.startswith("* overall_metric")][-1]
+    code, again = run_train(*cli("MTCoOpMaPLe", data_root, *TWO_TASKS, "TRAINER.MAPLE.PROMPT_DEPTH", "3",
+                                 config="MTCoOp", flags=["--eval-only", "--model-dir", out, "--load-epoch", "1"]),
+                            output_dir=str(tmp_path / "eval"))
+    assert code == 0 and overall in again

@@ -49,13 +49,15 @@ from typing import Dict, List, Mapping, Optional, Tuple
 import torch
 import torch.nn as nn
 
+from clip.errors import InvalidInputError
 from trainers.base import PromptedCLIP, PromptTrainer
 from trainers.coop import TextPromptedCLIP, check_input_size
 from trainers.engine.config import CN
 from trainers.engine.optim import build_lr_scheduler, build_optimizer
 from trainers.engine.registry import TRAINER_REGISTRY, config_hook
 from trainers.engine.trainer import Batch, StepOutput
-from trainers.prompts.meta import MetaPromptLearner
+from trainers.maple import check_maple_backbone
+from trainers.prompts.meta import MetaPromptLearner, TaskCoupledPrompts, TextEncoder
 from trainers.prompts.text import TextContextLearner
 
 #: the original's module folders, in its registration order
@@ -115,8 +117,12 @@ class SoftCPTCLIP(PromptedCLIP):
     def encode_prompts(self, embeddings: torch.Tensor, eot_positions: torch.Tensor) -> torch.Tensor:
         return self.clip.encode_text_embeddings(embeddings, eot_positions)
 
+    def class_encoder(self) -> TextEncoder:
+        """Hook: how class prompts are encoded (task prompts always go through ``encode_prompts``)."""
+        return self.encode_prompts
+
     def class_text_features(self) -> torch.Tensor:
-        return self.meta_prompts.all_class_features(self.encode_prompts)
+        return self.meta_prompts.all_class_features(self.encode_prompts, self.class_encoder())
 
     def text_features(self, tasks: Optional[torch.Tensor] = None) -> torch.Tensor:
         """All classes' features; with ``tasks``, only the tasks present are encoded (other rows
@@ -125,7 +131,8 @@ class SoftCPTCLIP(PromptedCLIP):
             return self._text_cache
         if tasks is None:
             return self.class_text_features()
-        return self.meta_prompts.batch_class_features(self.encode_prompts, sorted(set(tasks.tolist())))
+        return self.meta_prompts.batch_class_features(self.encode_prompts, sorted(set(tasks.tolist())),
+                                                      class_encode=self.class_encoder())
 
     def sampled_text_features(self, tasks: torch.Tensor, labels: torch.Tensor,
                               rate: float) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -143,7 +150,7 @@ class SoftCPTCLIP(PromptedCLIP):
             negatives = negatives[torch.randperm(len(negatives))[:math.ceil(len(negatives) * rate)]]
             chosen[t] = torch.cat([torch.where(positive)[0], negatives]).to(labels.device)
             selected[span.start + chosen[t]] = True
-        return meta.batch_class_features(self.encode_prompts, present, chosen), selected
+        return meta.batch_class_features(self.encode_prompts, present, chosen, class_encode=self.class_encoder()), selected
 
 
 @TRAINER_REGISTRY.register()
@@ -152,15 +159,16 @@ class MTCoOp(PromptTrainer):
 
     config_node = "MTCOOP"
     checkpoint_name = "prompt_learner"
+    original_stepping = True  # the original's k optimizer steps per iteration unless SINGLE_STEP
 
     def check_cfg(self, cfg) -> None:
         super().check_cfg(cfg)
         opts = cfg.TRAINER.MTCOOP
         if opts.CLS_SAMPLE_RATE > 0 and not opts.CSC:
-            raise ValueError("TRAINER.MTCOOP.CLS_SAMPLE_RATE samples per-class contexts, so it needs "
+            raise InvalidInputError("TRAINER.MTCOOP.CLS_SAMPLE_RATE samples per-class contexts, so it needs "
                              "TRAINER.MTCOOP.CSC True (the class-aware variants)")
         if not 0.0 <= opts.CLS_SAMPLE_RATE <= 1.0:
-            raise ValueError(f"TRAINER.MTCOOP.CLS_SAMPLE_RATE must lie in [0, 1], got {opts.CLS_SAMPLE_RATE}")
+            raise InvalidInputError(f"TRAINER.MTCOOP.CLS_SAMPLE_RATE must lie in [0, 1], got {opts.CLS_SAMPLE_RATE}")
 
     def task_names(self) -> List[str]:
         """Each task's name text: the data set's ``task_name`` if it has one, else ``default_task_name``."""
@@ -202,7 +210,7 @@ class MTCoOp(PromptTrainer):
                                 param_groups=groups)
         sched = build_lr_scheduler(optim, self.cfg.OPTIM)
         names = list(modules)
-        if self.cfg.TRAINER.MTCOOP.SINGLE_STEP:
+        if self.cfg.TRAINER.MTCOOP.SINGLE_STEP or not self.original_stepping:
             return {name: (optim, sched) if i == 0 else (None, None) for i, name in enumerate(names)}
         if len(names) > 1:
             print(f"One optimizer registered under {len(names)} names ({', '.join(names)}): {len(names)} steps "
@@ -225,6 +233,66 @@ class MTCoOp(PromptTrainer):
         return (f"TRAINER.MTCOOP.N_CTX {opts.N_CTX}, CSC {opts.CSC}, CLASS_N_CTX {opts.CLASS_N_CTX}, "
                 f"CLASS_CSC {opts.CLASS_CSC}, TASK_N_CTX {opts.TASK_N_CTX}, TASK_CSC {opts.TASK_CSC}, "
                 f"PG_TYPE {opts.PG_TYPE}")
+
+
+class SoftCPTCoupledCLIP(SoftCPTCLIP):
+    """SoftCPT's generated task context as the first layer of MaPLe-style coupled prompts: the
+    class prompts of task t start with its context and carry the deep text prompts; an image of
+    task t gets ``proj`` of that context as first-layer vision prompts, then the deep ones."""
+
+    def __init__(self, clip_model: nn.Module, meta_prompts: MetaPromptLearner, coupled: TaskCoupledPrompts) -> None:
+        super().__init__(clip_model, meta_prompts)
+        self.coupled_prompts = coupled
+
+    def class_encoder(self) -> TextEncoder:
+        deep = self.coupled_prompts.deep_text_prompts()
+        return lambda embeddings, eot: self.clip.encode_text_embeddings(embeddings, eot, deep_prompts=deep)
+
+    def image_features(self, images: torch.Tensor, tasks: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Image features with the vision prompts of each image's task (task 0 when not given)."""
+        meta = self.meta_prompts
+        contexts = meta.contexts(self.encode_prompts, range(meta.num_tasks))
+        first = self.coupled_prompts.vision_prompts(torch.stack([contexts[t] for t in range(meta.num_tasks)]))
+        rows = torch.zeros(len(images), dtype=torch.long, device=first.device) if tasks is None else tasks
+        return self.clip.encode_image(images.type(self.dtype), prompts=first[rows],
+                                      deep_prompts=self.coupled_prompts.deep_vision_prompts(),
+                                      prompts_before_ln_pre=True)
+
+    def encode(self, images: torch.Tensor, tasks: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        return self.image_features(images, tasks), self.text_features(tasks)
+
+
+@TRAINER_REGISTRY.register()
+class MTCoOpMaPLe(MTCoOp):
+    """Beyond the paper: SoftCPT's meta network driving MaPLe-style deep prompts in both encoders.
+
+    ``TRAINER.MTCOOP.*`` configure the meta network (the task-level variants NATA/NATS: the class-
+    aware ones give per-class contexts, which cannot prompt an image), ``N_CTX`` is the prompt
+    length of every layer and ``TRAINER.MAPLE.PROMPT_DEPTH`` the prompted layers (ViT only).
+    Checkpoints: SoftCPT's folders plus ``coupled_prompts/``; one optimizer step per iteration.
+    """
+
+    original_stepping = False
+
+    def check_cfg(self, cfg) -> None:
+        super().check_cfg(cfg)
+        if cfg.TRAINER.MTCOOP.CSC:
+            raise InvalidInputError("MTCoOpMaPLe prompts each image with its task's generated context, so it needs "
+                                    "TRAINER.MTCOOP.CSC False (NATA/NATS); the class-aware variants make one per class")
+        if cfg.TRAINER.MAPLE.PROMPT_DEPTH < 1:
+            raise InvalidInputError(f"TRAINER.MAPLE.PROMPT_DEPTH must be >= 1, got {cfg.TRAINER.MAPLE.PROMPT_DEPTH}")
+
+    def build_custom_clip(self, clip_model: nn.Module) -> PromptedCLIP:
+        check_maple_backbone(self.cfg, clip_model)
+        softcpt = super().build_custom_clip(clip_model)
+        coupled = TaskCoupledPrompts(clip_model, self.cfg.TRAINER.MTCOOP.N_CTX, self.cfg.TRAINER.MAPLE.PROMPT_DEPTH)
+        return SoftCPTCoupledCLIP(clip_model, softcpt.meta_prompts, coupled)
+
+    def trainable_modules(self) -> Dict[str, nn.Module]:
+        return {**super().trainable_modules(), "coupled_prompts": self.model.coupled_prompts}
+
+    def learned_settings(self) -> str:
+        return f"{super().learned_settings()}, TRAINER.MAPLE.PROMPT_DEPTH {self.cfg.TRAINER.MAPLE.PROMPT_DEPTH}"
 
 
 class PerTaskContextLearner(nn.Module):
