@@ -601,3 +601,20 @@ def test_softcpt_maple_trains_saves_and_evaluates_again(run_train, data_root, tm
                                  config="MTCoOp", flags=["--eval-only", "--model-dir", out, "--load-epoch", "1"]),
                             output_dir=str(tmp_path / "eval"))
     assert code == 0 and overall in again
+
+
+def test_task_mean_loss_weighs_every_task_of_the_batch_equally(data_root, tmp_path):
+    from trainers.engine.trainer import Batch
+
+    trainer = build(cli("MTCoOp", data_root, *TWO_TASKS, "TRAINER.MTCOOP.TASK_MEAN_LOSS", "True"), tmp_path)
+    torch.manual_seed(1)
+    logits = torch.randn(5, 16)
+    tasks, labels = torch.tensor([0, 1, 0, 0, 1]), torch.tensor([1, 12, 9, 0, 15])
+    ce = [F.cross_entropy(logits[i, s][None], (labels[i] - s.start)[None]) for i, s in
+          enumerate([slice(0, 10), slice(10, 16), slice(0, 10), slice(0, 10), slice(10, 16)])]
+    by_hand = ((ce[0] + ce[2] + ce[3]) / 3 + (ce[1] + ce[4]) / 2) / 2
+    batch = Batch(torch.zeros(5, 3, 224, 224), labels, tasks)
+    assert torch.allclose(trainer.classification_loss(logits, batch), by_hand, atol=1e-6)
+    trainer.cfg.defrost()
+    trainer.cfg.TRAINER.MTCOOP.TASK_MEAN_LOSS = False  # the original: the batch mean
+    assert torch.allclose(trainer.classification_loss(logits, batch), sum(ce) / 5, atol=1e-6)

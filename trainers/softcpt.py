@@ -27,7 +27,8 @@ Choices on the spec's quirks (``/work/shared/specs/softcpt.md`` section 12):
   numbers were made with it; ``TRAINER.MTCOOP.SINGLE_STEP True`` registers the optimizer under
   the first folder only: one step per iteration and the plain cosine schedule.
 * Loss: each sample's cross-entropy over its own task's classes, summed and divided by the batch
-  size (= the batch mean), as the original; prediction within each sample's task.
+  size (= the batch mean), as the original; ``TASK_MEAN_LOSS True`` averages within each task of
+  the batch first, then over its tasks. Prediction within each sample's task (task-aware).
 * Training encodes only the tasks present in a batch (other tasks' columns are masked out of the
   loss, so the loss and gradients equal the original's full encoding); evaluation encodes every
   class once per evaluation.
@@ -48,6 +49,7 @@ from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from clip.errors import InvalidInputError
 from trainers.base import PromptedCLIP, PromptTrainer
@@ -86,6 +88,7 @@ def add_softcpt_config(cfg) -> None:
     opts.CLS_SAMPLE_RATE = 0.0
     opts.FREEZE_CLS_PROMPT = 0
     opts.SINGLE_STEP = False  # ours: one optimizer step per iteration instead of the original's k
+    opts.TASK_MEAN_LOSS = False  # ours: mean over the batch's tasks of each task's mean CE (original: batch mean)
 
     cfg.TRAINER.MTCOOPH = CN()
     hard = cfg.TRAINER.MTCOOPH
@@ -216,6 +219,17 @@ class MTCoOp(PromptTrainer):
             print(f"One optimizer registered under {len(names)} names ({', '.join(names)}): {len(names)} steps "
                   "per iteration, as the original (TRAINER.MTCOOP.SINGLE_STEP True for one)")
         return {name: (optim, sched) for name in names}
+
+    def classification_loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """The original's batch mean of each sample's own-task cross-entropy (tasks weighted by their
+        share of the batch), or with ``TASK_MEAN_LOSS`` the mean over the batch's tasks of each
+        task's mean (every task present weighs the same)."""
+        if not self.cfg.TRAINER.MTCOOP.TASK_MEAN_LOSS:
+            return super().classification_loss(logits, batch)
+        per_sample = F.cross_entropy(self.mask_other_tasks(logits, batch.tasks), batch.labels, reduction="none")
+        present, which = torch.unique(batch.tasks, return_inverse=True)
+        sums = torch.zeros(len(present), dtype=per_sample.dtype, device=per_sample.device).index_add(0, which, per_sample)
+        return (sums / torch.bincount(which, minlength=len(present))).mean()
 
     def loss_terms(self, batch: Batch) -> StepOutput:
         """``ce`` over each sample's task; with class sampling, over its task's sampled classes."""
