@@ -361,6 +361,10 @@ def test_results_reader_scores_runs_by_each_tasks_metric_beside_the_paper(tmp_pa
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("SoftCPT-NATA "))
     # seeds score 55 and 65: mean 60, population std 5; the paper's 1-shot NATA is 59.47±0.76
     assert "60.00±5.00 [59.47±0.76]" in row and "- [67.12±0.39]" in row
+    # --accuracy: Caltech101 by its accuracy (0 here): seeds 25 and 30
+    assert results.main([str(tmp_path), "--dataset", "general10", "--accuracy"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("SoftCPT-NATA "))
+    assert "27.50±2.50 [59.47±0.76]" in row
 
 
 # ----- task selection and sampling (datasets/manager.py) ---------------------------------------------------------

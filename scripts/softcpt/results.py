@@ -1,6 +1,6 @@
 """The paper's main-table layout for one data set: our runs beside the paper's numbers.
 
-    python scripts/softcpt/results.py output --dataset general10 [--cfg rn50_ep50]
+    python scripts/softcpt/results.py output --dataset general10 [--cfg rn50_ep50] [--accuracy]
 
 Reads ``<root>/<dataset>/<method>/<cfg>_<K>shots/seed*/results.json`` as written by
 ``scripts/softcpt/main.sh`` and ``hard.sh``. A run's score is SoftCPT's: the unweighted mean
@@ -39,26 +39,29 @@ def task_metric(task: str) -> str:
     return METRIC_NAMES.get(getattr(reader, "original_metric", ""), ACCURACY)
 
 
-def run_score(results: dict) -> Tuple[float, bool]:
-    """(SoftCPT's score of one run, whether some task lacked its metric and fell back to accuracy)."""
+def run_score(results: dict, own_metric: bool = True) -> Tuple[float, bool]:
+    """(SoftCPT's score of one run, whether some task lacked its metric and fell back to accuracy);
+    ``own_metric`` False scores every task by accuracy instead (spec quirk 6)."""
     per_task = results.get("per_task") or {}
     if not per_task:
         return results["metrics"]["accuracy"], False
     scores, fell_back = [], False
     for task, metrics in per_task.items():
         name = "metric" if "metric" in metrics else task_metric(task)  # "metric": the task's own, as scored
+        name = name if own_metric else ACCURACY
         if name not in metrics:
             name, fell_back = ACCURACY, True
         scores.append(metrics[name])
     return sum(scores) / len(scores), fell_back
 
 
-def cell_scores(root: str, dataset: str, method: str, cfg: str, shots: str) -> Tuple[List[float], bool]:
+def cell_scores(root: str, dataset: str, method: str, cfg: str, shots: str,
+                own_metric: bool = True) -> Tuple[List[float], bool]:
     pattern = os.path.join(root, dataset, method, f"{cfg}_{shots}shots", "seed*", "results.json")
     scores, fell_back = [], False
     for path in sorted(glob.glob(pattern)):
         with open(path) as f:
-            score, fallback = run_score(json.load(f))
+            score, fallback = run_score(json.load(f), own_metric)
         scores.append(score)
         fell_back = fell_back or fallback
     return scores, fell_back
@@ -68,7 +71,7 @@ def fmt(value: Optional[Sequence[float]]) -> str:
     return "-" if value is None else f"{value[0]:.2f}±{value[1]:.2f}"
 
 
-def table(root: str, dataset: str, cfg: str) -> List[List[str]]:
+def table(root: str, dataset: str, cfg: str, own_metric: bool = True) -> List[List[str]]:
     with open(PAPER) as f:
         paper: Dict[str, dict] = json.load(f)["tables"].get(dataset, {})
     rows = [["Method", *[f"{k}-shot" for k in SHOTS], "Avg."]]
@@ -76,7 +79,7 @@ def table(root: str, dataset: str, cfg: str) -> List[List[str]]:
         ref = paper.get(method, {"shots": {}, "avg": None})
         cells, means, stds, complete = [], [], [], True
         for k in SHOTS:
-            scores, fell_back = cell_scores(root, dataset, method, cfg, k)
+            scores, fell_back = cell_scores(root, dataset, method, cfg, k, own_metric)
             ours = None
             if scores:
                 mean, std, _ = summarize(scores)
@@ -97,8 +100,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("root", help="the output folder of the scripts (output)")
     parser.add_argument("--dataset", required=True, help="general10 | plant6 | fashion20 | rs8 (paper only)")
     parser.add_argument("--cfg", default="rn50_ep50", help="the trainer config the runs used")
+    parser.add_argument("--accuracy", action="store_true",
+                        help="score every task by accuracy (the paper mixes in mean per-class accuracy)")
     args = parser.parse_args(argv)
-    rows = table(args.root, args.dataset, args.cfg)
+    rows = table(args.root, args.dataset, args.cfg, own_metric=not args.accuracy)
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print(" | ".join(cell.ljust(w) for cell, w in zip(row, widths)))
