@@ -18,24 +18,47 @@ CSTS         T    4 / T                        4 / T
 with N_CTX 16 and PG_TYPE lin. ``CLS_SAMPLE_RATE`` > 0 (CA/CS only; 0.1 on General-10) encodes,
 per training step and task, the classes present in the batch plus that fraction of the others.
 
-Choices on the spec's quirks (``/work/shared/specs/softcpt.md`` section 12):
+Choices on the spec's quirks (``/work/shared/specs/softcpt.md`` section 12), each with its switch:
 
-* Optimizer stepping: the original registers one SGD optimizer and scheduler under its k module
-  folders (k = 3 for NA*, 4 with a trainable class context), and Dassl steps every registered
-  name: k SGD steps per iteration with the same gradient, k scheduler steps per epoch (under amp
-  on CUDA one optimizer step, still k scheduler steps). That is the default here, since the paper's
-  numbers were made with it; ``TRAINER.MTCOOP.SINGLE_STEP True`` registers the optimizer under
-  the first folder only: one step per iteration and the plain cosine schedule.
-* Loss: each sample's cross-entropy over its own task's classes, summed and divided by the batch
-  size (= the batch mean), as the original; ``TASK_MEAN_LOSS True`` averages within each task of
-  the batch first, then over its tasks. Prediction within each sample's task (task-aware).
-* Training encodes only the tasks present in a batch (other tasks' columns are masked out of the
-  loss, so the loss and gradients equal the original's full encoding); evaluation encodes every
-  class once per evaluation.
-* Task names: a data set's ``task_name`` text when it has one, else its registry name in the
-  "<words> image classification" style (``SyntheticB`` -> "synthetic b image classification").
-* Loading drops every frozen token buffer (also the per-task ``<i>.token_prefix``/``token_suffix``
-  the original keeps by mistake), so a checkpoint evaluates on other classes and task names.
+1. Optimizer stepping: the original registers one SGD optimizer and scheduler under its k module
+   folders (k = 3 for NA*, 4 with a trainable class context) and Dassl steps every name: k SGD
+   steps per iteration with the same gradient, k scheduler steps per epoch (amp on CUDA: one
+   optimizer step, still k scheduler steps). Default, as the paper's numbers were made so;
+   ``SINGLE_STEP True``: one step per iteration and the plain cosine schedule.
+2. Task-context length: M = 4 in the scripts (the README commands), ``TASK_N_CTX``; the table's
+   counts (M = 8, "SoftCPT*") are not reproduced.
+3. Task names: the original's ``task_name.txt`` when present, else ours in "<domain> image
+   classification" style (``datasets/softcpt_mt.py``); a split file's meta wins.
+4. Splits: made once as the original (CoOp procedures for General-10, 50/20/30 per class
+   elsewhere, seeded by SEED); a ``split_dk_*.json`` (or the original's few-shot pickle) wins.
+5. RS-8: unpublished, left out.
+6. Per-task metric: the original's mixture (mean per-class accuracy on its ``mean_acc`` tasks);
+   accuracy is printed and saved for every task too, ``results.py --accuracy`` tabulates it.
+7. Linear probe: not built here.
+8. Loss: the original's batch mean of each sample's own-task cross-entropy; ``TASK_MEAN_LOSS
+   True`` averages per task first.
+9. Sampler: the original's ``RandomSampler`` over the union with drop_last;
+   ``DATALOADER.TRAIN_X.SAMPLER TaskBalancedSampler`` draws tasks equally often.
+10. CoOp-CA/CS: one joint run (``MTCoOpHard TSC/CSC``) as the original; separate runs are the
+    CoOp trainer per data set.
+11. Evaluation: task-aware argmax, unweighted mean over tasks (no task-agnostic variant).
+12. Precision: ``PREC fp16`` by default (the original's), ``fp32`` / ``amp``.
+13. Class sampling: as the original, optional (``CLS_SAMPLE_RATE``, 0.1 in the General-10 CA/CS
+    scripts, 0 elsewhere); unselected classes get the original's constant 1e-6 feature and are
+    masked out of the loss.
+14. Meta-network input: raw EOT features, no bias, class feature first (``PG_TYPE``).
+15. Loading drops every class-name token buffer (also the per-task ``<i>.token_prefix`` /
+    ``token_suffix`` the original keeps by mistake), so a checkpoint evaluates on other classes
+    and task names; always on (the original's base-to-new numbers may differ).
+16. Few-shot: sampled per task with SEED, cached per (task, K, seed, split file); the original's
+    per-set pickles are read as they are.
+17. Validation set: built (min(K, 4) per class), unused (``TEST.FINAL_MODEL last_step``).
+18. Fashion-20: one data set per task (``Fashion20_t<i>``, so ``task<i>`` works), per-class
+    stratified splits, descriptions rebuilt.
+19. Evaluation encodes the class prompts once per evaluation; training encodes only the tasks
+    present in a batch (same loss and gradients; ``benchmarks/bench_softcpt.py``).
+20. Log lines kept exactly ("* overall_metric", "* task: i (name)", "* average", "Finished
+    training"); output folders cleaned (no "_loss" suffix, no "outputd").
 
 ``MTCoOpHard`` (``TRAINER.MTCOOPH.*``): CoOp-MT (one context for all classes of all tasks),
 CoOp-CA (``TSC True``: one context per task, trained jointly) and CoOp-CS (``CSC True``: one per
