@@ -622,3 +622,29 @@ def test_task_mean_loss_weighs_every_task_of_the_batch_equally(data_root, tmp_pa
     trainer.cfg.defrost()
     trainer.cfg.TRAINER.MTCOOP.TASK_MEAN_LOSS = False  # the original: the batch mean
     assert torch.allclose(trainer.classification_loss(logits, batch), sum(ce) / 5, atol=1e-6)
+
+
+def test_the_originals_few_shot_pickle_is_read_as_its_tasks_and_nothing_else(monkeypatch, tmp_path):
+    import pickle
+
+    from clip.errors import UnreadableInputError
+    from datasets.softcpt_mt import read_original_fewshot
+
+    write_original_general3(tmp_path, monkeypatch, str(tmp_path))
+    cfg = data_cfg(tmp_path, "General10", shots=1)
+    cfg.defrost()
+    cfg.DATASET.SUBSAMPLE_CLASSES = "base"
+    tasks = read_original_fewshot(cfg, "General10", "general10")
+    assert [name for name, _ in tasks] == ["Caltech101MT", "DescribableTexturesMT", "EuroSATMT"]
+    assert [d.classnames for _, d in tasks] == [["airplane", "face"], ["banded"], ["forest", "river"]]
+    assert [d.metric for _, d in tasks] == ["mean_per_class", "accuracy", "accuracy"]
+    assert read_original_fewshot(data_cfg(tmp_path, "General10", shots=2), "General10", "general10") is None
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("true",))
+
+    with open(tmp_path / "general10" / "split_fewshot_mt" / "shot_1-seed_1.pkl", "wb") as f:
+        pickle.dump({"train": [Payload()]}, f)
+    with pytest.raises(UnreadableInputError, match="not a SoftCPT few-shot file"):
+        read_original_fewshot(cfg, "General10", "general10")
