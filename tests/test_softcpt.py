@@ -474,11 +474,11 @@ def original_checkpoint(kind, embed, n_cls):
     stale = torch.randn(7, 1, WIDTH)
     ctx = lambda *shape: torch.randn(*shape) * 0.3  # noqa: E731
     if kind.startswith("MTCoOpHard"):
-        state = {"token_prefix": stale, "token_suffix": stale}
-        if kind.endswith("TSC"):
-            state.update({f"learners.{t}.ctx": ctx(4, WIDTH) for t in range(3)})
+        if kind.endswith("TSC"):  # one CoOp learner per task, each with its buffers
+            state = {f"learners.{t}.{key}": ctx(4, WIDTH) if key == "ctx" else stale
+                     for t in range(3) for key in ("ctx", "token_prefix", "token_suffix")}
         else:
-            state["ctx"] = ctx(4, WIDTH)
+            state = {"ctx": ctx(4, WIDTH), "token_prefix": stale, "token_suffix": stale}
         return {"prompt_learner": state}
     files = {"prompt_learner": {f"{t}.token_{p}": stale for t in range(3) for p in ("prefix", "suffix")},
              "task_prompt_learner": {"ctx": ctx(4, WIDTH), "token_prefix": stale, "token_suffix": stale},
