@@ -361,6 +361,13 @@ def test_results_reader_scores_runs_by_each_tasks_metric_beside_the_paper(tmp_pa
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("SoftCPT-NATA "))
     # seeds score 55 and 65: mean 60, population std 5; the paper's 1-shot NATA is 59.47±0.76
     assert "60.00±5.00 [59.47±0.76]" in row and "- [67.12±0.39]" in row
+    zs = tmp_path / "general10" / "ZS-CLIP" / "rn50"
+    os.makedirs(zs)
+    (zs / "results.json").write_text(json.dumps({"metrics": {"accuracy": 0.0}, "per_task": {
+        "Caltech101MT": {"accuracy": 0.0, "mean_per_class": 40.0}, "DescribableTexturesMT": {"accuracy": 30.0}}}))
+    assert results.main([str(tmp_path), "--dataset", "general10"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("ZS-CLIP "))
+    assert row.rstrip().endswith("35.00±0.00 [58.29±0.00]")
     # --accuracy: Caltech101 by its accuracy (0 here): seeds 25 and 30
     assert results.main([str(tmp_path), "--dataset", "general10", "--accuracy"]) == 0
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("SoftCPT-NATA "))

@@ -3,7 +3,7 @@
     python scripts/softcpt/results.py output --dataset general10 [--cfg rn50_ep50] [--accuracy]
 
 Reads ``<root>/<dataset>/<method>/<cfg>_<K>shots/seed*/results.json`` as written by
-``scripts/softcpt/main.sh`` and ``hard.sh``. A run's score is SoftCPT's: the unweighted mean
+``scripts/softcpt/main.sh`` and ``hard.sh`` (ZS-CLIP: ``zeroshot.sh``'s one run, in "Avg."). A run's score is SoftCPT's: the unweighted mean
 over tasks of each task's metric (mean per-class accuracy where the original uses it, else
 accuracy). A cell is "mean±std [paper mean±std]" over seeds (population std, as the paper);
 "Avg." is the mean over the five shot settings of the means and of the stds. The paper's
@@ -27,6 +27,7 @@ from trainers.engine.results import summarize  # noqa: E402
 SHOTS = ("1", "2", "4", "8", "16")
 #: our variants the paper's table does not list, shown after its rows
 EXTRA_METHODS = ("SoftCPT-CATA", "SoftCPT-CSTA", "SoftCPT-CATS", "SoftCPT-CSTS")
+ZERO_SHOT = "ZS-CLIP"  # read from <root>/<dataset>/ZS-CLIP/<CoOp config, e.g. rn50>/results.json
 PAPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "paper_results.json")
 
 
@@ -71,12 +72,25 @@ def fmt(value: Optional[Sequence[float]]) -> str:
     return "-" if value is None else f"{value[0]:.2f}±{value[1]:.2f}"
 
 
+def zero_shot_row(root: str, dataset: str, cfg: str, ref: dict, own_metric: bool) -> List[str]:
+    """ZS-CLIP's row: one run (``zeroshot.sh``, CoOp config ``cfg``) in the Avg. column, as the paper."""
+    path = os.path.join(root, dataset, ZERO_SHOT, cfg, "results.json")
+    ours = None
+    if os.path.isfile(path):
+        with open(path) as f:
+            ours = (run_score(json.load(f), own_metric)[0], 0.0)
+    return [ZERO_SHOT, *["-"] * len(SHOTS), f"{fmt(ours)} [{fmt(ref['avg'])}]"]
+
+
 def table(root: str, dataset: str, cfg: str, own_metric: bool = True) -> List[List[str]]:
     with open(PAPER) as f:
         paper: Dict[str, dict] = json.load(f)["tables"].get(dataset, {})
     rows = [["Method", *[f"{k}-shot" for k in SHOTS], "Avg."]]
     for method in list(paper) + [m for m in EXTRA_METHODS if m not in paper]:
         ref = paper.get(method, {"shots": {}, "avg": None})
+        if method == ZERO_SHOT:
+            rows.append(zero_shot_row(root, dataset, cfg.split("_ep")[0], ref, own_metric))
+            continue
         cells, means, stds, complete = [], [], [], True
         for k in SHOTS:
             scores, fell_back = cell_scores(root, dataset, method, cfg, k, own_metric)
