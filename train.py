@@ -78,6 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     mvlpt.add_argument("--cut-contextlen", action="store_true", help="TRAINER.CUT_CONTEXTLEN")
     mvlpt.add_argument("--act-ckpt", type=int, default=1,
                        help="activation checkpointing segments (TRAINER.ACT_CKPT; 1: none)")
+    softcpt = parser.add_argument_group("SoftCPT's arguments")
+    softcpt.add_argument("--old-data-path", type=str, default="",
+                         help="DATALOADER.OLD_DATA_PATH: image path prefix in SoftCPT's few-shot files ...")
+    softcpt.add_argument("--new-data-path", type=str, default="",
+                         help="DATALOADER.NEW_DATA_PATH: ... replaced by this one")
     parser.add_argument("opts", default=None, nargs=argparse.REMAINDER,
                         help="modify config options using the command line (KEY VALUE pairs)")
     return parser
@@ -107,6 +112,10 @@ def reset_cfg(cfg, args) -> None:
         cfg.MODEL.BACKBONE.NAME = args.backbone
     if args.head:
         cfg.MODEL.HEAD.NAME = args.head
+    if args.old_data_path:
+        cfg.DATALOADER.OLD_DATA_PATH = args.old_data_path
+    if args.new_data_path:
+        cfg.DATALOADER.NEW_DATA_PATH = args.new_data_path
     apply_mvlpt_arguments(cfg, args)
 
 

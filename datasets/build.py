@@ -1,7 +1,7 @@
 """The data set registry and ``build_dataset`` (Dassl's names and message)."""
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from clip.errors import InvalidInputError
 from .base import DatasetBase
@@ -10,6 +10,8 @@ from .registry import Registry
 DATASET_REGISTRY = Registry("dataset")
 #: a multi-task data set name -> its member data sets, each one task (``DATASET.NAME General10``)
 TASK_SETS: Dict[str, List[str]] = {}
+#: a task set name -> ``reader(cfg)``: [(task name, data set)] from the set's own cache, or None without one
+TASK_SET_CACHES: Dict[str, Callable[[Any], Optional[List[Tuple[str, DatasetBase]]]]] = {}
 
 
 def build_dataset(cfg: Any, name: Optional[str] = None) -> DatasetBase:

@@ -11,7 +11,7 @@ import functools
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import torch
 import torchvision.transforms as T
@@ -21,12 +21,12 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, Sequen
 
 from clip.errors import InvalidInputError, MissingInputError, UnreadableInputError
 from .base import DatasetBase, Datum
-from .build import TASK_SETS, build_dataset
+from .build import TASK_SET_CACHES, TASK_SETS, build_dataset
 from .elevater.index import ZIP_MEMBER_MARK, read_elevater_image
 from .transforms import build_transform, interpolation_mode
 
-__all__ = ["Task", "DataManager", "DatasetWrapper", "build_data_loader", "build_sampler", "read_image",
-           "find_unreadable_images", "parse_dataset_names"]
+__all__ = ["Task", "DataManager", "DatasetWrapper", "build_data_loader", "build_sampler", "TaskBalancedSampler", "read_image",
+           "find_unreadable_images", "parse_dataset_names", "subsample_tasks", "build_tasks"]
 
 
 @dataclass(frozen=True)
@@ -126,14 +126,48 @@ class DatasetWrapper(Dataset):
         return views[0] if len(views) == 1 else views
 
 
-def build_sampler(sampler_type: str, data_source: Sequence[Datum]) -> Sampler:
-    """PyTorch's RandomSampler (global torch RNG, reshuffled every epoch) or SequentialSampler."""
+class TaskBalancedSampler(Sampler[int]):
+    """Indices whose tasks are equally frequent whatever the tasks' sizes (SoftCPT's spec offers it
+    beside the original's uniform draw over the union, where a task's share is its item count).
+
+    Each position picks a task uniformly, then that task's next item in a shuffled order
+    (reshuffled when used up); an epoch has as many positions as items. Like ``RandomSampler`` it
+    draws its seed from the global torch RNG per epoch, so ``SEED`` fixes the order.
+    """
+
+    def __init__(self, tasks: Sequence[int]) -> None:
+        groups: Dict[int, List[int]] = {}
+        for index, task in enumerate(tasks):
+            groups.setdefault(int(task), []).append(index)
+        self.groups = [torch.tensor(groups[t]) for t in sorted(groups)]
+        self.length = len(tasks)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator()
+        generator.manual_seed(int(torch.empty((), dtype=torch.int64).random_().item()))
+        orders = [group[torch.randperm(len(group), generator=generator)] for group in self.groups]
+        cursors = [0] * len(self.groups)
+        for k in torch.randint(len(self.groups), (self.length,), generator=generator).tolist():
+            if cursors[k] == len(orders[k]):
+                orders[k], cursors[k] = self.groups[k][torch.randperm(len(self.groups[k]), generator=generator)], 0
+            yield int(orders[k][cursors[k]])
+            cursors[k] += 1
+
+
+def build_sampler(sampler_type: str, data_source: Sequence[Datum], tasks: Optional[Sequence[int]] = None) -> Sampler:
+    """PyTorch's RandomSampler (global torch RNG, reshuffled every epoch), SequentialSampler, or
+    ``TaskBalancedSampler`` over the items' ``tasks`` (all task 0 when not given)."""
     if sampler_type == "RandomSampler":
         return RandomSampler(data_source)
     if sampler_type == "SequentialSampler":
         return SequentialSampler(data_source)
+    if sampler_type == "TaskBalancedSampler":
+        return TaskBalancedSampler(tasks if tasks is not None else [0] * len(data_source))
     raise InvalidInputError(f'Unsupported sampler "{sampler_type}" (DATALOADER.*.SAMPLER); '
-                     "supported: RandomSampler, SequentialSampler")
+                     "supported: RandomSampler, SequentialSampler, TaskBalancedSampler")
 
 
 @functools.lru_cache(maxsize=None)
@@ -159,7 +193,7 @@ def build_data_loader(cfg: Any, sampler_type: str, data_source: Sequence[Datum],
     return DataLoader(
         DatasetWrapper(cfg, data_source, transform=tfm, is_train=is_train, tasks=tasks, split=what),
         batch_size=batch_size,
-        sampler=build_sampler(sampler_type, data_source),
+        sampler=build_sampler(sampler_type, data_source, tasks),
         num_workers=loader_workers(cfg.DATALOADER.NUM_WORKERS),
         drop_last=is_train and len(data_source) >= batch_size,
         pin_memory=torch.cuda.is_available() and cfg.USE_CUDA,
@@ -178,6 +212,36 @@ def parse_dataset_names(name: str) -> List[str]:
     return names
 
 
+def subsample_tasks(names: List[str], which: str) -> List[str]:
+    """SoftCPT's ``DATASET.SUBSAMPLE_TASKS``: ``all``, ``task<i>`` (task i alone, then task 0),
+    ``base`` (the first ceil(T/2) tasks) or ``new`` (the others); classes are subsampled per task after."""
+    half = (len(names) + 1) // 2
+    if which == "all":
+        return names
+    if which in ("base", "new"):
+        kept = names[:half] if which == "base" else names[half:]
+    elif which.startswith("task") and which[4:].isdigit() and int(which[4:]) < len(names):
+        kept = [names[int(which[4:])]]
+    else:
+        raise InvalidInputError(f"DATASET.SUBSAMPLE_TASKS must be all, base, new or task<i> with i < {len(names)} "
+                                f"(the tasks of DATASET.NAME: {', '.join(names)}), got {which!r}")
+    if not kept:
+        raise InvalidInputError(f"DATASET.SUBSAMPLE_TASKS {which} keeps no task of the {len(names)} in DATASET.NAME")
+    return kept
+
+
+def build_tasks(cfg: Any) -> "tuple[List[str], List[DatasetBase]]":
+    """(names, data sets) of the tasks of ``DATASET.NAME`` after ``SUBSAMPLE_TASKS``: one data set
+    per name, or a task set's own cache when it has one (the original SoftCPT's few-shot pickles)."""
+    reader = TASK_SET_CACHES.get(cfg.DATASET.NAME.strip())
+    cached = reader(cfg) if reader is not None else None
+    if cached is not None:
+        names = subsample_tasks([name for name, _ in cached], cfg.DATASET.SUBSAMPLE_TASKS)
+        return names, [dataset for name, dataset in cached if name in names]
+    names = subsample_tasks(parse_dataset_names(cfg.DATASET.NAME), cfg.DATASET.SUBSAMPLE_TASKS)
+    return names, [build_dataset(cfg, name) for name in names]
+
+
 def _concat(lists: Sequence[Optional[List[Datum]]]) -> tuple:
     """Concatenate per-task lists -> (items, parallel task indices)."""
     items, tasks = [], []
@@ -191,8 +255,7 @@ class DataManager:
     """Builds the task(s) named by ``cfg.DATASET.NAME``, the transforms and the loaders."""
 
     def __init__(self, cfg: Any, custom_tfm_train: Any = None, custom_tfm_test: Any = None) -> None:
-        names = parse_dataset_names(cfg.DATASET.NAME)
-        self.datasets: List[DatasetBase] = [build_dataset(cfg, name) for name in names]
+        names, self.datasets = build_tasks(cfg)
         offsets = [sum(d.num_classes for d in self.datasets[:t]) for t in range(len(names))]
         self.tasks: List[Task] = [
             Task(index=t, name=name, classnames=list(d.classnames), lab2cname=dict(d.lab2cname),

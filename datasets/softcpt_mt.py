@@ -17,28 +17,43 @@ its meta); our split is stratified per class where the original's is per task.
 Task-name texts: the original's ``task_name.txt`` files are unpublished except FruitVegetable's
 "fruits and vegetables image classification"; the others are ours, in the same
 "<domain> image classification" style, with descriptions "classify <domain> images into <C>
-categories" (``TASK_DOMAINS``). A split file's meta wins over them.
+categories" (``TASK_DOMAINS``). As in the original, a ``task_name.txt`` / ``task_desc.txt`` in
+the data set's folder is read when its split file is made, and a split file's meta wins over all.
 
 Metrics: ``metric`` is "mean_per_class" for the tasks the original marks ``mean_acc``
 (Caltech101, FGVCAircraft, OxfordFlowers, OxfordPets and all of Fashion-20), else "accuracy".
 
+The original's own few-shot pickle of a task set, ``<root>/<general10|plant6>/split_fewshot_mt/
+shot_<K>-seed_<SEED>.pkl`` (its tasks, names and items), is read when present, as the original
+does: its runs then evaluate on their exact few-shot and test items (image paths rewritten from
+``DATALOADER.OLD_DATA_PATH`` to ``NEW_DATA_PATH`` when both are set). Each task's metric and
+zero-shot template are those of the set's member at its position, as the original rebuilds them.
+
 Few-shot (train K per class, val min(K, 4) per class, test full) is cached per member in
 ``<its folder>/split_fewshot_mt/<member>-shot_<K>-seed_<SEED>.json`` together with the split
-file's fingerprint, so a cache is never reused for another task, shot count or split.
-Left out: the task-balanced sampler and ``DATASET.SUBSAMPLE_TASKS`` (use ``DATASET.NAME`` with
-the member names instead).
+file's fingerprint, so a cache is never reused for another task, shot count or split; a task
+set is the list of its members' caches, so no cache belongs to a task set. (The original keeps
+one pickle per task set keyed by shots and seed only.)
+
+``DATASET.SUBSAMPLE_TASKS`` (all, task<i>, base, new) picks tasks and ``SUBSAMPLE_CLASSES`` then
+halves each task's classes (``datasets/manager.py``); ``DATALOADER.TRAIN_X.SAMPLER`` is the
+original's ``RandomSampler`` over the union (``drop_last``) or ``TaskBalancedSampler``.
 """
 from __future__ import annotations
 
 import csv
 import hashlib
+import functools
 import os
+import pickle
 import random
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from clip.errors import InvalidInputError, UnreadableInputError
 
 from .base import (DatasetBase, Datum, dataset_root, generate_fewshot_dataset, listdir_nohidden, read_split_lists,
                    require_folder, split_entries, subsample_classes)
-from .build import DATASET_REGISTRY, TASK_SETS
+from .build import DATASET_REGISTRY, TASK_SET_CACHES, TASK_SETS
 from .caltech101 import Caltech101
 from .dtd import DescribableTextures
 from .eurosat import EuroSAT
@@ -167,10 +182,19 @@ class SoftCPTSource(DatasetBase):
         """Every task's (train, val, test) for a new split file (one task unless Fashion-20)."""
         raise NotImplementedError
 
+    def authored_text(self, filename: str, default: str) -> str:
+        """The text of ``<data set folder>/<filename>`` (the original's task_name.txt, task_desc.txt) if present."""
+        path = os.path.join(self.dataset_dir, filename)
+        if not os.path.isfile(path):
+            return default
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip() or default
+
     def split_meta(self, classnames: List[List[str]]) -> Dict[str, list]:
         domain = TASK_DOMAINS[type(self).__name__]
-        return {"taskid2cname": classnames, "taskid2desc": [task_description(domain, len(classnames[0]))],
-                "taskid2type": ["sl"], "taskid2tname": [task_name_text(domain)],
+        desc = self.authored_text("task_desc.txt", task_description(domain, len(classnames[0])))
+        return {"taskid2cname": classnames, "taskid2desc": [desc], "taskid2type": ["sl"],
+                "taskid2tname": [self.authored_text("task_name.txt", task_name_text(domain))],
                 "taskid2metric": [self.original_metric]}
 
     def write_split(self) -> None:
@@ -343,3 +367,67 @@ for _index, _garment in enumerate(FASHION20_GARMENTS):
     _register(f"Fashion20_t{_index}", Fashion20Task, task_index=_index,
               template=f"a photo of {{}}, a type of {_garment}.")
 TASK_SETS["Fashion20"] = [f"Fashion20_t{i}" for i in range(len(FASHION20_GARMENTS))]
+
+
+# ----- the original's few-shot pickles of a whole task set ---------------------------------------
+
+class OriginalDatum:
+    """Stand-in for Dassl's ``DatumMT`` while reading the original's pickles (attributes only)."""
+
+    _impath: str
+    _label: List[int]
+    _task: List[int]
+
+
+class OriginalCacheUnpickler(pickle.Unpickler):
+    """Unpickles only the original's few-shot records: lists, dicts, strings, numbers and DatumMT."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module.startswith("dassl.") and name in ("DatumMT", "Datum"):
+            return OriginalDatum
+        raise pickle.UnpicklingError(f"{module}.{name} is not part of a SoftCPT few-shot file")
+
+
+class CachedTask(DatasetBase):
+    """One task of an original few-shot pickle (task-local labels, its name text and metric)."""
+
+    def __init__(self, train: List[Datum], val: List[Datum], test: List[Datum], task_name: str,
+                 metric: str, template: str) -> None:
+        self.task_name, self.metric, self.template = task_name, metric, template
+        super().__init__(train_x=train, val=val or None, test=test)
+
+
+def read_original_fewshot(cfg: Any, set_name: str, folder: str) -> Optional[List[Tuple[str, DatasetBase]]]:
+    """The tasks of ``<root>/<folder>/split_fewshot_mt/shot_<K>-seed_<SEED>.pkl`` (None when absent),
+    named after the set's members by position, classes halved per task by ``SUBSAMPLE_CLASSES``."""
+    if cfg.DATASET.NUM_SHOTS < 1:
+        return None
+    path = os.path.join(dataset_root(cfg), folder, "split_fewshot_mt",
+                        f"shot_{cfg.DATASET.NUM_SHOTS}-seed_{cfg.SEED}.pkl")
+    if not os.path.isfile(path):
+        return None
+    print(f"Loading the original's few-shot data from {path}")
+    try:
+        with open(path, "rb") as f:
+            data = OriginalCacheUnpickler(f).load()
+        classnames, tnames = data["taskid2cname"], data["taskid2tname"]
+    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, AttributeError) as exc:
+        raise UnreadableInputError(f"{path} is not a SoftCPT few-shot file ({exc}); move it away to sample anew") from exc
+    old, new = cfg.DATALOADER.OLD_DATA_PATH, cfg.DATALOADER.NEW_DATA_PATH
+    members = TASK_SETS[set_name]
+    tasks = []
+    for t, (names, tname) in enumerate(zip(classnames, tnames)):
+        parts = [[Datum(impath=new + d._impath[len(old):] if old and new and d._impath.startswith(old) else d._impath,
+                        label=int(d._label[0]), classname=names[int(d._label[0])])
+                  for d in data[key] if int(d._task[0]) == t] for key in ("train", "val", "test")]
+        parts = subsample_classes(*parts, subsample=cfg.DATASET.SUBSAMPLE_CLASSES)
+        member = DATASET_REGISTRY.get(members[t]) if t < len(members) else None
+        if member is None:
+            raise InvalidInputError(f"{path} holds {len(tnames)} tasks, more than the {len(members)} of {set_name}")
+        tasks.append((members[t], CachedTask(*parts, task_name=tname, metric=METRIC_NAMES[member.original_metric],
+                                             template=member.template)))
+    return tasks
+
+
+for _set, _folder in (("General10", "general10"), ("Plant6", "plant6")):
+    TASK_SET_CACHES[_set] = functools.partial(read_original_fewshot, set_name=_set, folder=_folder)

@@ -48,6 +48,7 @@ def saved(out, folder):
     return torch.load(os.path.join(out, folder, "model.pth.tar-1"), map_location="cpu")["state_dict"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_every_softcpt_variant_trains_and_saves_the_original_folders(variant, run_train, data_root, tmp_path):
     out = str(tmp_path)
@@ -73,6 +74,7 @@ def test_every_softcpt_variant_trains_and_saves_the_original_folders(variant, ru
     assert set(buffers) == {"0.token_prefix", "0.token_suffix", "1.token_prefix", "1.token_suffix"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("baseline", list(BASELINES))
 def test_every_hard_sharing_baseline_trains(baseline, run_train, data_root, tmp_path):
     out = str(tmp_path)
@@ -148,6 +150,7 @@ def test_learning_rate_per_epoch_follows_the_originals_k_step_schedule(column, t
     assert len(steps) == ({0: 1, 1: 3, 2: 4}[column])
 
 
+@pytest.mark.slow
 def test_a_checkpoint_loads_for_other_classes_with_the_token_buffers_rebuilt(run_train, data_root, tmp_path):
     base = str(tmp_path / "base")
     assert run_train(*cli("MTCoOp", data_root, "DATASET.SUBSAMPLE_CLASSES", "base"), output_dir=base)[0] == 0
@@ -222,6 +225,7 @@ def test_task_names_come_from_the_data_set_or_its_name(data_root, tmp_path):
     assert trainer.task_names()[1] == "texture image classification"
 
 
+@pytest.mark.slow
 def test_dept_wraps_softcpt_multi_task(run_train, data_root, tmp_path):
     code, log = run_train(*cli("ExtrasLinearProbeMTCoOp", data_root, *TWO_TASKS, "TRAINER.LINEAR_PROBE.ROUTE", "base",
                                config="MTCoOp"), output_dir=str(tmp_path))
@@ -320,6 +324,7 @@ def test_task_sets_expand_to_their_members_in_the_originals_order():
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_softcpt_script_trains_a_variant_into_the_table_layout(tmp_path, data_root, isolated_clip_cache):
     import subprocess
     import sys
@@ -356,3 +361,297 @@ def test_results_reader_scores_runs_by_each_tasks_metric_beside_the_paper(tmp_pa
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("SoftCPT-NATA "))
     # seeds score 55 and 65: mean 60, population std 5; the paper's 1-shot NATA is 59.47±0.76
     assert "60.00±5.00 [59.47±0.76]" in row and "- [67.12±0.39]" in row
+    zs = tmp_path / "general10" / "ZS-CLIP" / "rn50"
+    os.makedirs(zs)
+    (zs / "results.json").write_text(json.dumps({"metrics": {"accuracy": 0.0}, "per_task": {
+        "Caltech101MT": {"accuracy": 0.0, "mean_per_class": 40.0}, "DescribableTexturesMT": {"accuracy": 30.0}}}))
+    assert results.main([str(tmp_path), "--dataset", "general10"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("ZS-CLIP "))
+    assert row.rstrip().endswith("35.00±0.00 [58.29±0.00]")
+    # --accuracy: Caltech101 by its accuracy (0 here): seeds 25 and 30
+    assert results.main([str(tmp_path), "--dataset", "general10", "--accuracy"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("SoftCPT-NATA "))
+    assert "27.50±2.50 [59.47±0.76]" in row
+
+
+# ----- task selection and sampling (datasets/manager.py) ---------------------------------------------------------
+
+def test_subsample_tasks_picks_tasks_as_the_original_then_classes_per_task(data_root):
+    from clip.errors import InvalidInputError
+    from datasets import DataManager
+    from datasets.manager import subsample_tasks
+
+    names = ["A", "B", "C"]
+    assert subsample_tasks(names, "all") == names
+    assert subsample_tasks(names, "base") == ["A", "B"] and subsample_tasks(names, "new") == ["C"]
+    assert subsample_tasks(names, "task2") == ["C"]
+    for bad in ("task3", "tasks", "half"):
+        with pytest.raises(InvalidInputError, match="DATASET.SUBSAMPLE_TASKS"):
+            subsample_tasks(names, bad)
+    with pytest.raises(InvalidInputError, match="keeps no task"):
+        subsample_tasks(["A"], "new")
+
+    cfg = data_cfg(data_root, "Synthetic,SyntheticB", shots=1)
+    cfg.defrost()
+    cfg.DATASET.SUBSAMPLE_TASKS, cfg.DATASET.SUBSAMPLE_CLASSES = "task1", "new"
+    cfg.DATALOADER.TRAIN_X.SAMPLER = "TaskBalancedSampler"
+    dm = DataManager(cfg)
+    assert [t.name for t in dm.tasks] == ["SyntheticB"] and dm.tasks[0].index == 0
+    assert type(dm.train_loader_x.sampler).__name__ == "TaskBalancedSampler"
+    assert dm.tasks[0].num_classes == N_CLASSES[1] - math.ceil(N_CLASSES[1] / 2)
+
+
+def test_task_balanced_sampler_draws_tasks_equally_and_follows_the_seed():
+    from datasets.manager import TaskBalancedSampler, build_sampler
+
+    tasks = [0] * 90 + [1] * 10
+    sampler = build_sampler("TaskBalancedSampler", [None] * 100, tasks)
+    assert isinstance(sampler, TaskBalancedSampler) and len(sampler) == 100
+    torch.manual_seed(0)
+    first = list(sampler)
+    torch.manual_seed(0)
+    assert list(sampler) == first and list(sampler) != first  # the global RNG seeds it, a new order per epoch
+    draws = [tasks[i] for _ in range(20) for i in sampler]
+    share = draws.count(1) / len(draws)
+    assert 0.45 < share < 0.55  # the uniform sampler gives task 1 a share of 0.10
+    # a small task's items come round evenly: each of task 1's 10 items about 100 times in 2,000 draws
+    counts = torch.bincount(torch.tensor([i for _ in range(20) for i in sampler if i >= 90]) - 90)
+    assert int(counts.min()) > 50 and len(counts) == 10
+
+
+def test_the_originals_task_name_files_are_read_when_the_split_is_made(tmp_path):
+    from datasets import build_dataset
+    from datasets.io import read_json
+
+    for c, name in enumerate(["daisy", "rose"]):
+        write_images(tmp_path / "kaggle_flower_recognition" / "flowers" / name, 10, 90 * c)
+    (tmp_path / "kaggle_flower_recognition" / "task_name.txt").write_text("garden flower image classification\n")
+    dataset = build_dataset(data_cfg(tmp_path, "KaggleFlower"))
+    meta = read_json(str(tmp_path / "kaggle_flower_recognition" / "split_dk_KaggleFlower.json"))["meta"]
+    assert meta["taskid2tname"] == ["garden flower image classification"] == [dataset.task_name]
+    assert meta["taskid2desc"] == ["classify flower images into 2 categories"]  # no task_desc.txt: ours
+
+
+# ----- the original's files through its command line: few-shot pickle, checkpoints, predictions ----------------
+
+PEER_MTCOOP = os.path.join(REPO, "..", "shared", "peer-configs", "softcpt", "configs")
+#: three tasks of a General layout: (task-name text, class names)
+GENERAL3 = [("object image classification", ["airplane", "face", "leopard"]),
+            ("texture image classification", ["banded", "woven"]),
+            ("satellite land use image classification", ["forest", "river", "sea or lake", "highway or road"])]
+
+
+def write_original_general3(root, monkeypatch, old_prefix):
+    """``<root>/general10/split_fewshot_mt/shot_1-seed_1.pkl`` as the original pickles it (DatumMT
+    records of dassl's module, image paths under ``old_prefix``); the images under ``root/images``."""
+    import pickle
+    import sys
+    import types
+
+    module = types.ModuleType("dassl.data.datasets.base_dataset")
+
+    class DatumMT:
+        def __init__(self, impath, label, task):
+            self._impath, self._label, self._domain, self._task, self._box = impath, label, 0, task, None
+
+    DatumMT.__module__, DatumMT.__qualname__ = module.__name__, "DatumMT"
+    module.DatumMT = DatumMT
+    for name in ("dassl", "dassl.data", "dassl.data.datasets"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    data = {"train": [], "val": [], "test": [], "taskid2tname": [t for t, _ in GENERAL3],
+            "taskid2cname": [c for _, c in GENERAL3], "taskid2desc": ["-"] * 3, "taskid2type": ["sl"] * 3,
+            "taskid2metric": ["ignored"] * 3}
+    for t, (_, classes) in enumerate(GENERAL3):
+        for label in range(len(classes)):
+            folder = root / "images" / str(t) / str(label)
+            write_images(folder, 4, 80 * label + 20 * t)
+            paths = [f"{old_prefix}/images/{t}/{label}/{i}.png" for i in range(4)]
+            data["train"].append(DatumMT(paths[0], [label], [t]))
+            data["val"].append(DatumMT(paths[1], [label], [t]))
+            data["test"] += [DatumMT(p, [label], [t]) for p in paths[2:]]
+    os.makedirs(root / "general10" / "split_fewshot_mt")
+    with open(root / "general10" / "split_fewshot_mt" / "shot_1-seed_1.pkl", "wb") as f:
+        pickle.dump(data, f, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def original_checkpoint(kind, embed, n_cls):
+    """{folder: state_dict} as the original saves them (class-name buffers of other shapes included)."""
+    torch.manual_seed(5)
+    stale = torch.randn(7, 1, WIDTH)
+    ctx = lambda *shape: torch.randn(*shape) * 0.3  # noqa: E731
+    if kind.startswith("MTCoOpHard"):
+        if kind.endswith("TSC"):  # one CoOp learner per task, each with its buffers
+            state = {f"learners.{t}.{key}": ctx(4, WIDTH) if key == "ctx" else stale
+                     for t in range(3) for key in ("ctx", "token_prefix", "token_suffix")}
+        else:
+            state = {"ctx": ctx(4, WIDTH), "token_prefix": stale, "token_suffix": stale}
+        return {"prompt_learner": state}
+    files = {"prompt_learner": {f"{t}.token_{p}": stale for t in range(3) for p in ("prefix", "suffix")},
+             "task_prompt_learner": {"ctx": ctx(4, WIDTH), "token_prefix": stale, "token_suffix": stale},
+             "prompt_gen": {"proj": ctx(embed * (2 if kind == "CATA" else 1), 4 * WIDTH) * 0.1}}
+    if kind == "CATA":
+        files["class_prompt_learner"] = {"ctx": ctx(4, WIDTH), "token_prefix": stale, "token_suffix": stale}
+    return files
+
+
+ORIGINAL_RUNS = {"NATA": ("MTCoOp", VARIANTS["NATA"]), "CATA": ("MTCoOp", VARIANTS["CATA"]),
+                 "MTCoOpHard": ("MTCoOpHard", []), "MTCoOpHard-TSC": ("MTCoOpHard", ["TRAINER.MTCOOPH.TSC", "True"])}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", list(ORIGINAL_RUNS))
+def test_original_checkpoints_evaluate_through_its_command_line_to_per_task_predictions(
+        kind, monkeypatch, run_train, tmp_path):
+    import csv
+
+    trainer_name, opts = ORIGINAL_RUNS[kind]
+    node = "MTCOOP" if trainer_name == "MTCoOp" else "MTCOOPH"
+    configs = PEER_MTCOOP if os.path.isdir(PEER_MTCOOP) else os.path.join(REPO, "configs")
+    write_original_general3(tmp_path, monkeypatch, "/their/data")
+    argv = ["--root", str(tmp_path), "--seed", "1", "--trainer", trainer_name,
+            "--dataset-config-file", os.path.join(configs, "datasets", "general10.yaml"),
+            "--config-file", os.path.join(configs, "trainers", trainer_name, "rn50_ep50.yaml"),
+            "--old-data-path", "/their/data", "--new-data-path", str(tmp_path)]
+    options = ["MODEL.BACKBONE.NAME", "tiny-ViT-B/16", f"TRAINER.{node}.PREC", "fp32", "DATALOADER.NUM_WORKERS", "0",
+            "DATASET.NUM_SHOTS", "1", f"TRAINER.{node}.N_CTX", "4", *opts]
+    if trainer_name == "MTCoOp":
+        options += ["TRAINER.MTCOOP.TASK_N_CTX", "4", "TRAINER.MTCOOP.PG_TYPE", "lin"]
+    trainer = build(argv + options, tmp_path / "direct")
+    model_dir = tmp_path / "original"
+    embed = trainer.model.clip.text_projection.shape[1]
+    for folder, state in original_checkpoint(kind, embed, 9).items():
+        os.makedirs(model_dir / folder)
+        torch.save({"state_dict": state, "epoch": 50, "optimizer": {}, "scheduler": {}},
+                   model_dir / folder / "model.pth.tar-50")
+
+    out = tmp_path / "eval"
+    code, log = run_train(*argv, "--eval-only", "--model-dir", str(model_dir), "--load-epoch", "50", *options,
+                          "TEST.SAVE_PREDICTIONS", "True", output_dir=str(out))
+    assert code == 0, log[-2000:]
+    assert [t.name for t in trainer.dm.tasks] == ["Caltech101MT", "DescribableTexturesMT", "EuroSATMT"]
+    if trainer_name == "MTCoOp":
+        assert trainer.task_names() == [t for t, _ in GENERAL3]  # the pickle's task-name texts drive the prompts
+
+    # Expected: the loaded model's logits over each image's own task, in loader order.
+    trainer.load_model(str(model_dir), epoch=50)
+    trainer.model.eval()
+    expected = []
+    with torch.no_grad():
+        for batch in trainer.dm.test_loader:
+            logits = trainer.model(batch["img"], batch["task"])
+            for row, task, label, path in zip(logits, batch["task"].tolist(), batch["label"].tolist(), batch["impath"]):
+                span = trainer.dm.tasks[task]
+                expected.append((path, span.name, label, row[span.class_offset:span.class_offset + span.num_classes]))
+    with open(out / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(expected) == 2 * 9 and rows[0]["impath"].startswith(str(tmp_path))
+    metrics = {}
+    for row, (path, task, label, logits) in zip(rows, expected):
+        got = torch.tensor([float(row[f"logit_{i}"]) for i in range(len(logits))])
+        assert (row["impath"], row["task"], int(row["label"])) == (path, task, label)
+        assert all(row[f"logit_{i}"] == "" for i in range(len(logits), 4))  # only the task's own classes
+        assert torch.allclose(got, logits.float(), atol=1e-4) and int(row["prediction"]) == int(logits.argmax())
+        metrics.setdefault(task, []).append((label, int(row["prediction"])))
+    # SoftCPT's lines: mean per-class accuracy for Caltech101 (its mean_acc task), accuracy otherwise.
+    per_task = []
+    for t, task in enumerate(["Caltech101MT", "DescribableTexturesMT", "EuroSATMT"]):
+        pairs = metrics[task]
+        if t == 0:
+            per_class = {c: [p == c for l, p in pairs if l == c] for c in {l for l, _ in pairs}}
+            value = 100 * sum(sum(v) / len(v) for v in per_class.values()) / len(per_class)
+        else:
+            value = 100 * sum(l == p for l, p in pairs) / len(pairs)
+        per_task.append(value)
+        assert f"* task: {t} ({task})\ttotal: {len(pairs)}\tmetric: {value:.2f}%" in log
+    assert f"* overall_metric: {sum(per_task) / 3:.2f}%" in log and f"* average: {sum(per_task) / 3:.2f}%" in log
+
+
+# ----- beyond the paper: the meta network driving MaPLe-style deep prompts ----------------------------------------
+
+def test_softcpt_maple_prompts_each_image_with_its_tasks_generated_context(data_root, tmp_path):
+    from clip.errors import InvalidInputError
+
+    trainer = build(cli("MTCoOpMaPLe", data_root, *TWO_TASKS, "TRAINER.MAPLE.PROMPT_DEPTH", "3", config="MTCoOp"),
+                    tmp_path)
+    model, coupled = trainer.model, trainer.model.coupled_prompts
+    assert list(trainer.get_model_names()) == ["prompt_learner", "task_prompt_learner", "prompt_gen", "coupled_prompts"]
+    assert trainer._optims["task_prompt_learner"] is None  # one optimizer step per iteration
+    torch.manual_seed(0)
+    for p in coupled.parameters():  # away from the shared initial projection, so layers differ
+        p.data.normal_(0, 0.05)
+    images, tasks = torch.randn(2, 3, 224, 224), torch.tensor([1, 0])
+    with torch.no_grad():
+        got = model.image_features(images, tasks)
+        meta = model.meta_prompts
+        contexts = meta.contexts(model.encode_prompts, [0, 1])
+        deep = coupled.deep_vision_prompts()
+        for row, t in enumerate(tasks.tolist()):
+            alone = model.clip.encode_image(images[row:row + 1], prompts=coupled.proj(contexts[t]),
+                                            deep_prompts=deep, prompts_before_ln_pre=True)
+            assert torch.allclose(got[row:row + 1], alone, atol=1e-5)
+        assert not torch.allclose(got[0], model.image_features(images[:1], torch.tensor([0]))[0], atol=1e-4)
+        # Class prompts carry the deep text prompts: features differ from SoftCPT's plain encoding.
+        plain = meta.all_class_features(model.encode_prompts)
+        assert not torch.allclose(model.class_text_features(), plain, atol=1e-4)
+    with pytest.raises(InvalidInputError, match="CSC False"):
+        build(cli("MTCoOpMaPLe", data_root, *TWO_TASKS, *VARIANTS["CATA"], config="MTCoOp"), tmp_path / "ca")
+
+
+@pytest.mark.slow
+def test_softcpt_maple_trains_saves_and_evaluates_again(run_train, data_root, tmp_path):
+    out = str(tmp_path / "run")
+    code, log = run_train(*cli("MTCoOpMaPLe", data_root, *TWO_TASKS, "TRAINER.MAPLE.PROMPT_DEPTH", "3",
+                               config="MTCoOp"), output_dir=out)
+    assert code == 0 and "=> task: SyntheticB" in log and "steps per iteration" not in log
+    state = saved(out, "coupled_prompts")
+    assert {k.split(".")[0] for k in state} == {"proj", "compound_prompts_text", "compound_prompt_projections"}
+    assert tuple(state["compound_prompts_text.1"].shape) == (4, WIDTH)
+    overall = [line for line in log.splitlines() if line.startswith("* overall_metric")][-1]
+    code, again = run_train(*cli("MTCoOpMaPLe", data_root, *TWO_TASKS, "TRAINER.MAPLE.PROMPT_DEPTH", "3",
+                                 config="MTCoOp", flags=["--eval-only", "--model-dir", out, "--load-epoch", "1"]),
+                            output_dir=str(tmp_path / "eval"))
+    assert code == 0 and overall in again
+
+
+def test_task_mean_loss_weighs_every_task_of_the_batch_equally(data_root, tmp_path):
+    from trainers.engine.trainer import Batch
+
+    trainer = build(cli("MTCoOp", data_root, *TWO_TASKS, "TRAINER.MTCOOP.TASK_MEAN_LOSS", "True"), tmp_path)
+    torch.manual_seed(1)
+    logits = torch.randn(5, 16)
+    tasks, labels = torch.tensor([0, 1, 0, 0, 1]), torch.tensor([1, 12, 9, 0, 15])
+    ce = [F.cross_entropy(logits[i, s][None], (labels[i] - s.start)[None]) for i, s in
+          enumerate([slice(0, 10), slice(10, 16), slice(0, 10), slice(0, 10), slice(10, 16)])]
+    by_hand = ((ce[0] + ce[2] + ce[3]) / 3 + (ce[1] + ce[4]) / 2) / 2
+    batch = Batch(torch.zeros(5, 3, 224, 224), labels, tasks)
+    assert torch.allclose(trainer.classification_loss(logits, batch), by_hand, atol=1e-6)
+    trainer.cfg.defrost()
+    trainer.cfg.TRAINER.MTCOOP.TASK_MEAN_LOSS = False  # the original: the batch mean
+    assert torch.allclose(trainer.classification_loss(logits, batch), sum(ce) / 5, atol=1e-6)
+
+
+def test_the_originals_few_shot_pickle_is_read_as_its_tasks_and_nothing_else(monkeypatch, tmp_path):
+    import pickle
+
+    from clip.errors import UnreadableInputError
+    from datasets.softcpt_mt import read_original_fewshot
+
+    write_original_general3(tmp_path, monkeypatch, str(tmp_path))
+    cfg = data_cfg(tmp_path, "General10", shots=1)
+    cfg.defrost()
+    cfg.DATASET.SUBSAMPLE_CLASSES = "base"
+    tasks = read_original_fewshot(cfg, "General10", "general10")
+    assert [name for name, _ in tasks] == ["Caltech101MT", "DescribableTexturesMT", "EuroSATMT"]
+    assert [d.classnames for _, d in tasks] == [["airplane", "face"], ["banded"], ["forest", "river"]]
+    assert [d.metric for _, d in tasks] == ["mean_per_class", "accuracy", "accuracy"]
+    assert read_original_fewshot(data_cfg(tmp_path, "General10", shots=2), "General10", "general10") is None
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("true",))
+
+    with open(tmp_path / "general10" / "split_fewshot_mt" / "shot_1-seed_1.pkl", "wb") as f:
+        pickle.dump({"train": [Payload()]}, f)
+    with pytest.raises(UnreadableInputError, match="not a SoftCPT few-shot file"):
+        read_original_fewshot(cfg, "General10", "general10")

@@ -68,11 +68,15 @@ def get_cfg_default() -> CN:
     _C.DATASET.CIFAR_C_LEVEL = 1
     _C.DATASET.ALL_AS_UNLABELED = False
     _C.DATASET.SUBSAMPLE_CLASSES = "all"  # CoOp's extend_cfg: all, base or new
+    _C.DATASET.SUBSAMPLE_TASKS = "all"  # SoftCPT's: all, task<i>, base (first ceil(T/2) tasks) or new
 
     _C.DATALOADER = CN()
     _C.DATALOADER.NUM_WORKERS = 4
     _C.DATALOADER.K_TRANSFORMS = 1
     _C.DATALOADER.RETURN_IMG0 = False
+    # SoftCPT's: image paths of its few-shot pickles starting with OLD_DATA_PATH are read under NEW_DATA_PATH
+    _C.DATALOADER.OLD_DATA_PATH = ""
+    _C.DATALOADER.NEW_DATA_PATH = ""
     _C.DATALOADER.TRAIN_X = CN()
     _C.DATALOADER.TRAIN_X.SAMPLER = "RandomSampler"
     _C.DATALOADER.TRAIN_X.BATCH_SIZE = 32

@@ -15,6 +15,7 @@ The children keep the original's names and so its checkpoint keys: ``prompt_lear
 """
 from __future__ import annotations
 
+import copy
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -22,6 +23,7 @@ import torch.nn as nn
 
 import clip
 from clip.tokenizer import get_tokenizer
+from trainers.prompts.coupled import MultiModalPromptLearner
 from trainers.prompts.text import CLASS_TOKEN_POSITIONS, TextContextLearner, clean_classname, embed_tokens
 
 #: the meta network's input: "lin" (all features), "linmean" (the mean of the class and task
@@ -190,25 +192,59 @@ class MetaPromptLearner(nn.Module):
             ctx = ctx[classes]
         return encode(builder(ctx, classes), builder.eot_positions(classes))
 
-    def all_class_features(self, encode: TextEncoder) -> torch.Tensor:
-        """Raw text features of every class of every task [sum C_t, D], in task order."""
+    def all_class_features(self, encode: TextEncoder, class_encode: Optional[TextEncoder] = None) -> torch.Tensor:
+        """Raw text features of every class of every task [sum C_t, D], in task order (class prompts
+        through ``class_encode`` when given, e.g. with deep prompts; task prompts through ``encode``)."""
         contexts = self.contexts(encode, range(self.num_tasks))
-        return torch.cat([self.class_features(encode, t, contexts[t]) for t in range(self.num_tasks)])
+        class_encode = class_encode or encode
+        return torch.cat([self.class_features(class_encode, t, contexts[t]) for t in range(self.num_tasks)])
 
     def batch_class_features(self, encode: TextEncoder, tasks: Sequence[int],
                              selected: Optional[Dict[int, torch.Tensor]] = None,
-                             filler: float = 1e-6) -> torch.Tensor:
+                             filler: float = 1e-6, class_encode: Optional[TextEncoder] = None) -> torch.Tensor:
         """[sum C_t, D] text features where only ``tasks`` (and, if given, only the ``selected``
         task-local classes of each) are encoded; every other row is the constant ``filler``, which
         the original also uses for unsampled classes (its logits are masked out of the loss)."""
         contexts = self.contexts(encode, tasks)
+        class_encode = class_encode or encode
         pieces: List[Tuple[int, torch.Tensor, Optional[torch.Tensor]]] = []
         for t in tasks:
             classes = None if selected is None else selected[t]
-            pieces.append((t, self.class_features(encode, t, contexts[t], classes), classes))
+            pieces.append((t, self.class_features(class_encode, t, contexts[t], classes), classes))
         dim, ref = pieces[0][1].shape[1], pieces[0][1]
         features = torch.full((sum(self.num_classes), dim), filler, dtype=ref.dtype, device=ref.device)
         for t, feats, classes in pieces:
             rows = torch.arange(self.task_slice(t).start, self.task_slice(t).stop, device=ref.device)
             features = features.index_copy(0, rows if classes is None else rows[classes], feats)
         return features
+
+
+class TaskCoupledPrompts(nn.Module):
+    """MaPLe's coupled deep prompts around a first-layer text context that comes from elsewhere
+    (here SoftCPT's per-task generated context), so the meta network drives both encoders.
+
+    ``proj`` maps a task's first-layer text context [L, D_t] to its first-layer vision prompts
+    [L, W_v]; ``compound_prompts_text[k]`` [L, D_t] (shared by the tasks) fill the text slots at
+    layer k + 1 and ``compound_prompt_projections[k]`` their vision slots, as in MaPLe (same
+    attribute names, ``depth - 1`` compound prompts, one shared initial projection).
+    """
+
+    def __init__(self, clip_model: nn.Module, n_ctx: int, depth: int) -> None:
+        super().__init__()
+        text_width = clip_model.ln_final.weight.shape[0]
+        vision_width = clip_model.visual.transformer.width
+        self.proj = nn.Linear(text_width, vision_width).to(clip_model.dtype)
+        self.compound_prompts_text = nn.ParameterList(
+            [nn.Parameter(torch.empty(n_ctx, text_width)) for _ in range(depth - 1)])
+        for prompt in self.compound_prompts_text:
+            nn.init.normal_(prompt, std=0.02)
+        shared_init = nn.Linear(text_width, vision_width)
+        self.compound_prompt_projections = nn.ModuleList([copy.deepcopy(shared_init) for _ in range(depth - 1)])
+
+    # The deep lists are exactly MaPLe's (None at block 0, then the compound prompts).
+    deep_text_prompts = MultiModalPromptLearner.deep_text_prompts
+    deep_vision_prompts = MultiModalPromptLearner.deep_vision_prompts
+
+    def vision_prompts(self, ctx: torch.Tensor) -> torch.Tensor:
+        """First-layer vision prompts [..., L, W_v] of first-layer text contexts [..., L, D_t]."""
+        return self.proj(ctx.type(self.proj.weight.dtype))
