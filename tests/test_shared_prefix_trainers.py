@@ -10,6 +10,7 @@ from clip.model import CLIP
 from trainers.engine.logger import close_logger
 from trainers.engine.registry import build_trainer
 
+TWO_TASKS = ["DATASET.NAME", "Synthetic,SyntheticB"]
 CASES = {
     "CoOp end": ("CoOp", "configs/trainers/CoOp/tiny_vit_b16_ep10.yaml", ["TRAINER.COOP.N_CTX", "4"]),
     "CoOp middle": ("CoOp", "configs/trainers/CoOp/tiny_vit_b16_ep10.yaml",
@@ -27,6 +28,15 @@ CASES = {
     "MVPT (fixed text)": ("MVPT", "configs/trainers/MVPT/tiny_vit_b16_ep2.yaml", []),
     "MUPT (projected context)": ("MUPT", "configs/trainers/MUPT/tiny_vit_b16_ep2.yaml", []),
     "Adapt (K/V prompts)": ("Adapt", "configs/trainers/Adapt/tiny_vit_b16_ep4.yaml", []),
+    "SoftCPT NATA (prefix per task)": ("MTCoOp", "configs/trainers/MTCoOp/tiny_vit_b16_ep2.yaml", TWO_TASKS),
+    "SoftCPT CSTA (fallback)": ("MTCoOp", "configs/trainers/MTCoOp/tiny_vit_b16_ep2.yaml",
+                                TWO_TASKS + ["TRAINER.MTCOOP.CSC", "True", "TRAINER.MTCOOP.CLASS_N_CTX", "4",
+                                             "TRAINER.MTCOOP.CLASS_CSC", "True"]),
+    "SoftCPT + MaPLe (deep prompts per task)": ("MTCoOpMaPLe", "configs/trainers/MTCoOpMaPLe/tiny_vit_b16_ep2.yaml",
+                                                TWO_TASKS),
+    "CoOp-MT": ("MTCoOpHard", "configs/trainers/MTCoOpHard/tiny_vit_b16_ep2.yaml", TWO_TASKS),
+    "CoOp-CA (prefix per task)": ("MTCoOpHard", "configs/trainers/MTCoOpHard/tiny_vit_b16_ep2.yaml",
+                                  TWO_TASKS + ["TRAINER.MTCOOPH.TSC", "True"]),
 }
 #: trainers that learn nothing on the text side (only the logits are compared)
 NO_GRADIENTS = {"ZeroshotCLIP (fixed text)"}

@@ -584,7 +584,7 @@ def test_softcpt_maple_prompts_each_image_with_its_tasks_generated_context(data_
     with torch.no_grad():
         got = model.image_features(images, tasks)
         meta = model.meta_prompts
-        contexts = meta.contexts(model.encode_prompts, [0, 1])
+        contexts = meta.contexts(model.encode_name_prompts, [0, 1])
         deep = coupled.deep_vision_prompts()
         for row, t in enumerate(tasks.tolist()):
             alone = model.clip.encode_image(images[row:row + 1], prompts=coupled.proj(contexts[t]),
@@ -592,7 +592,7 @@ def test_softcpt_maple_prompts_each_image_with_its_tasks_generated_context(data_
             assert torch.allclose(got[row:row + 1], alone, atol=1e-5)
         assert not torch.allclose(got[0], model.image_features(images[:1], torch.tensor([0]))[0], atol=1e-4)
         # Class prompts carry the deep text prompts: features differ from SoftCPT's plain encoding.
-        plain = meta.all_class_features(model.encode_prompts)
+        plain = meta.all_class_features(model.encode_name_prompts, model.encode_class_prompts)
         assert not torch.allclose(model.class_text_features(), plain, atol=1e-4)
     with pytest.raises(InvalidInputError, match="CSC False"):
         build(cli("MTCoOpMaPLe", data_root, *TWO_TASKS, *VARIANTS["CATA"], config="MTCoOp"), tmp_path / "ca")

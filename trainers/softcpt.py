@@ -66,6 +66,7 @@ class), with one optimizer step per iteration as in the original.
 """
 from __future__ import annotations
 
+import functools
 import math
 import re
 from typing import Dict, List, Mapping, Optional, Tuple
@@ -82,8 +83,8 @@ from trainers.engine.optim import build_lr_scheduler, build_optimizer
 from trainers.engine.registry import TRAINER_REGISTRY, config_hook
 from trainers.engine.trainer import Batch, StepOutput
 from trainers.maple import check_maple_backbone
-from trainers.prompts.meta import MetaPromptLearner, TaskCoupledPrompts, TextEncoder
-from trainers.prompts.text import TextContextLearner
+from trainers.prompts.meta import ClassPromptEncoder, GeneratedContextPrompts, MetaPromptLearner, TaskCoupledPrompts
+from trainers.prompts.text import SharedPrefix, TextContextLearner
 
 #: the original's module folders, in its registration order
 SOFTCPT_FOLDERS = ("prompt_learner", "class_prompt_learner", "task_prompt_learner", "prompt_gen")
@@ -140,15 +141,26 @@ class SoftCPTCLIP(PromptedCLIP):
         super().__init__(clip_model)
         self.meta_prompts = meta_prompts
 
-    def encode_prompts(self, embeddings: torch.Tensor, eot_positions: torch.Tensor) -> torch.Tensor:
+    def encode_name_prompts(self, embeddings: torch.Tensor, eot_positions: torch.Tensor) -> torch.Tensor:
+        """The meta network's inputs: task-name (and class-name) prompts, encoded in full."""
         return self.clip.encode_text_embeddings(embeddings, eot_positions)
 
-    def class_encoder(self) -> TextEncoder:
-        """Hook: how class prompts are encoded (task prompts always go through ``encode_prompts``)."""
-        return self.encode_prompts
+    def encode_class_prompts(self, builder: GeneratedContextPrompts, ctx: torch.Tensor,
+                             classes: Optional[torch.Tensor] = None, deep_prompts=None) -> torch.Tensor:
+        """A task's class prompts around its generated context; with ``MODEL.BACKBONE.SHARED_PREFIX``
+        the start token + the task's context run once for all its classes (task-level contexts)."""
+        shared = builder.shared_prefix(ctx, classes) if self.clip.shared_prefix else None
+        eot = builder.eot_positions(classes)
+        if shared is None:
+            return self.clip.encode_text_embeddings(builder(ctx, classes), eot, deep_prompts=deep_prompts)
+        return self.clip.encode_text_shared_prefix(shared.prefix, shared.suffix, eot, deep_prompts=deep_prompts)
+
+    def class_encoder(self) -> ClassPromptEncoder:
+        """Hook: how the generated class prompts are encoded (MTCoOpMaPLe adds deep prompts)."""
+        return self.encode_class_prompts
 
     def class_text_features(self) -> torch.Tensor:
-        return self.meta_prompts.all_class_features(self.encode_prompts, self.class_encoder())
+        return self.meta_prompts.all_class_features(self.encode_name_prompts, self.class_encoder())
 
     def text_features(self, tasks: Optional[torch.Tensor] = None) -> torch.Tensor:
         """All classes' features; with ``tasks``, only the tasks present are encoded (other rows
@@ -157,7 +169,7 @@ class SoftCPTCLIP(PromptedCLIP):
             return self._text_cache
         if tasks is None:
             return self.class_text_features()
-        return self.meta_prompts.batch_class_features(self.encode_prompts, sorted(set(tasks.tolist())),
+        return self.meta_prompts.batch_class_features(self.encode_name_prompts, sorted(set(tasks.tolist())),
                                                       class_encode=self.class_encoder())
 
     def sampled_text_features(self, tasks: torch.Tensor, labels: torch.Tensor,
@@ -176,7 +188,7 @@ class SoftCPTCLIP(PromptedCLIP):
             negatives = negatives[torch.randperm(len(negatives))[:math.ceil(len(negatives) * rate)]]
             chosen[t] = torch.cat([torch.where(positive)[0], negatives]).to(labels.device)
             selected[span.start + chosen[t]] = True
-        return meta.batch_class_features(self.encode_prompts, present, chosen, class_encode=self.class_encoder()), selected
+        return meta.batch_class_features(self.encode_name_prompts, present, chosen, class_encode=self.class_encoder()), selected
 
 
 @TRAINER_REGISTRY.register()
@@ -281,14 +293,13 @@ class SoftCPTCoupledCLIP(SoftCPTCLIP):
         super().__init__(clip_model, meta_prompts)
         self.coupled_prompts = coupled
 
-    def class_encoder(self) -> TextEncoder:
-        deep = self.coupled_prompts.deep_text_prompts()
-        return lambda embeddings, eot: self.clip.encode_text_embeddings(embeddings, eot, deep_prompts=deep)
+    def class_encoder(self) -> ClassPromptEncoder:
+        return functools.partial(self.encode_class_prompts, deep_prompts=self.coupled_prompts.deep_text_prompts())
 
     def image_features(self, images: torch.Tensor, tasks: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Image features with the vision prompts of each image's task (task 0 when not given)."""
         meta = self.meta_prompts
-        contexts = meta.contexts(self.encode_prompts, range(meta.num_tasks))
+        contexts = meta.contexts(self.encode_name_prompts, range(meta.num_tasks))
         first = self.coupled_prompts.vision_prompts(torch.stack([contexts[t] for t in range(meta.num_tasks)]))
         rows = torch.zeros(len(images), dtype=torch.long, device=first.device) if tasks is None else tasks
         return self.clip.encode_image(images.type(self.dtype), prompts=first[rows],
@@ -345,6 +356,17 @@ class PerTaskContextLearner(nn.Module):
 
     def forward(self) -> torch.Tensor:
         return torch.cat([learner() for learner in self.learners])
+
+    def shared_prefix(self, ctx: None = None) -> Optional[SharedPrefix]:
+        """One prefix per task (start token + its context), each task's classes continuing theirs;
+        None when a task's prompts share nothing (class-specific context, class in front)."""
+        fixed_words = min(learner.common_suffix_len for learner in self.learners)
+        splits = [learner.shared_prefix(fixed_words=fixed_words) for learner in self.learners]
+        if any(split is None for split in splits) or len({split.prefix.shape[1] for split in splits}) > 1:
+            return None
+        sizes = torch.tensor([split.suffix.shape[0] for split in splits], device=splits[0].prefix.device)
+        return SharedPrefix(torch.cat([split.prefix for split in splits]), torch.cat([split.suffix for split in splits]),
+                            torch.arange(len(splits), device=sizes.device).repeat_interleave(sizes))
 
 
 @TRAINER_REGISTRY.register()

@@ -24,7 +24,7 @@ import torch.nn as nn
 import clip
 from clip.tokenizer import get_tokenizer
 from trainers.prompts.coupled import MultiModalPromptLearner
-from trainers.prompts.text import CLASS_TOKEN_POSITIONS, TextContextLearner, clean_classname, embed_tokens
+from trainers.prompts.text import CLASS_TOKEN_POSITIONS, SharedPrefix, TextContextLearner, clean_classname, embed_tokens
 
 #: the meta network's input: "lin" (all features), "linmean" (the mean of the class and task
 #: halves), "lincls" (the class half only); the last two need class features (CSC)
@@ -32,6 +32,8 @@ META_NET_TYPES = ("lin", "linmean", "lincls")
 
 #: ``encode(prompt embeddings [N, 77, W], EOT positions [N]) -> raw text features [N, D]``
 TextEncoder = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+#: ``encode_class(task's prompt builder, context, task-local classes or None) -> raw text features``
+ClassPromptEncoder = Callable[["GeneratedContextPrompts", torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
 
 
 def splice_context(prefix: torch.Tensor, ctx: torch.Tensor, suffix: torch.Tensor, name_lens: Sequence[int],
@@ -105,6 +107,15 @@ class GeneratedContextPrompts(nn.Module):
         if ctx.dim() == 2:
             ctx = ctx.unsqueeze(0).expand(prefix.shape[0], -1, -1)
         return splice_context(prefix, ctx.type(prefix.dtype), suffix, name_lens, self.position)
+
+    def shared_prefix(self, ctx: torch.Tensor, classes: Optional[torch.Tensor] = None) -> Optional[SharedPrefix]:
+        """The prompts of ``forward`` split after start token + context, which all classes share
+        when the context is the task's [L, W] and the class comes at the end; else None."""
+        if ctx.dim() != 2 or self.position != "end":
+            return None
+        suffix = self.token_suffix if classes is None else self.token_suffix[classes]
+        prefix = torch.cat([self.token_prefix[:1], ctx.type(self.token_prefix.dtype).unsqueeze(0)], dim=1)
+        return SharedPrefix(prefix, suffix)
 
 
 class MetaNet(nn.Module):
@@ -184,29 +195,26 @@ class MetaPromptLearner(nn.Module):
         generated = torch.split(self.prompt_gen(inputs.type(self.dtype)), [self.num_classes[t] for t in tasks])
         return dict(zip(tasks, generated))
 
-    def class_features(self, encode: TextEncoder, task: int, ctx: torch.Tensor,
+    def class_features(self, encode_class: ClassPromptEncoder, task: int, ctx: torch.Tensor,
                        classes: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Raw text features of task ``task``'s classes (or the task-local ``classes``) from its context."""
-        builder = self.prompt_learner[task]
         if classes is not None and ctx.dim() == 3:
             ctx = ctx[classes]
-        return encode(builder(ctx, classes), builder.eot_positions(classes))
+        return encode_class(self.prompt_learner[task], ctx, classes)
 
-    def all_class_features(self, encode: TextEncoder, class_encode: Optional[TextEncoder] = None) -> torch.Tensor:
-        """Raw text features of every class of every task [sum C_t, D], in task order (class prompts
-        through ``class_encode`` when given, e.g. with deep prompts; task prompts through ``encode``)."""
+    def all_class_features(self, encode: TextEncoder, class_encode: ClassPromptEncoder) -> torch.Tensor:
+        """Raw text features of every class of every task [sum C_t, D], in task order (task and
+        class-name prompts through ``encode``, the generated class prompts through ``class_encode``)."""
         contexts = self.contexts(encode, range(self.num_tasks))
-        class_encode = class_encode or encode
         return torch.cat([self.class_features(class_encode, t, contexts[t]) for t in range(self.num_tasks)])
 
     def batch_class_features(self, encode: TextEncoder, tasks: Sequence[int],
                              selected: Optional[Dict[int, torch.Tensor]] = None,
-                             filler: float = 1e-6, class_encode: Optional[TextEncoder] = None) -> torch.Tensor:
+                             filler: float = 1e-6, *, class_encode: ClassPromptEncoder) -> torch.Tensor:
         """[sum C_t, D] text features where only ``tasks`` (and, if given, only the ``selected``
         task-local classes of each) are encoded; every other row is the constant ``filler``, which
         the original also uses for unsampled classes (its logits are masked out of the loss)."""
         contexts = self.contexts(encode, tasks)
-        class_encode = class_encode or encode
         pieces: List[Tuple[int, torch.Tensor, Optional[torch.Tensor]]] = []
         for t in tasks:
             classes = None if selected is None else selected[t]
