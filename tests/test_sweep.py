@@ -325,3 +325,15 @@ def test_a_preempted_slurm_job_stops_its_run_for_resuming_and_requeues_the_same_
     assert marker.read_text() == "saved" and result["code"] == 143  # train.py's SIGTERM path: checkpoint, exit
     again = pickle.loads(pickle.dumps(resubmission.function))
     assert again.argv == job.argv and again.output == job.output
+
+
+def test_gpus_per_run_groups_the_gpus_and_launches_each_run_through_torchrun():
+    args = sweep.build_parser().parse_args(["s.yaml", "--gpus", "0,1,2,3,4"])
+    assert sweep._local_slots(args, 2) == ["0,1", "2,3"]  # the odd GPU out is left idle
+    assert sweep._local_slots(args, 1) == ["0", "1", "2", "3", "4"]
+    with pytest.raises(sweep.InvalidInputError, match="needs at least 8 GPUs"):
+        sweep._local_slots(args, 8)
+    run = sweep.Run(step="train", variables={}, output="out", argv=["--seed", "1"])
+    assert run.command("py", "train.py") == ["py", "train.py", "--seed", "1"]
+    assert run.command("py", "train.py", 2) == ["py", "-m", "torch.distributed.run", "--standalone",
+                                                "--nproc_per_node=2", "train.py", "--seed", "1"]

@@ -1,7 +1,7 @@
 """Run a paper's grid of train.py runs from one YAML file, on local CPUs/GPUs or on SLURM (submitit).
 
     python -m trainers.sweep configs/sweeps/cocoop_base2new.yaml [--dry-run] [--executor local|slurm]
-        [--jobs N] [--gpus 0,1|all] [--set AXIS=v1,v2 ...] [--extra-opts "KEY VALUE ..."]
+        [--jobs N] [--gpus 0,1|all] [--gpus-per-run N] [--set AXIS=v1,v2 ...] [--extra-opts "KEY VALUE ..."]
 
 A sweep file (``configs/sweeps/*.yaml``)::
 
@@ -24,6 +24,7 @@ A sweep file (``configs/sweeps/*.yaml``)::
         args: [--model-dir, "{model_dir}", --load-epoch, "{loadep}", --eval-only]
         grid: {dataset: [...]}                # optional: this step's own values for some axes
     table: {base: train, new: test}           # base/new/H table; default: mean ± std per step
+    gpus_per_run: 1                           # > 1: every run is one torchrun over that many GPUs
 
 Each step becomes, per point, the command the bash scripts run (``scripts/common.sh``)::
 
@@ -69,7 +70,8 @@ __all__ = ["Run", "load_sweep", "expand", "run_local", "run_submitit", "results_
 TRAIN_PY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "train.py")
 RUN_LOG = "sweep.log"
 _STEP_KEYS = {"name", "output", "after", "grid", "args", "opts", "config", "dataset_config"}
-_TOP_KEYS = {"vars", "grid", "include", "exclude", "defaults", "steps", "table", "data", "slurm", "csv"}
+_TOP_KEYS = {"vars", "grid", "include", "exclude", "defaults", "steps", "table", "data", "slurm", "csv",
+              "gpus_per_run"}
 _SLURM_KEYS = {"partition", "time", "gpus", "cpus", "mem_gb", "array_parallelism", "max_requeue", "account",
                "qos", "constraint", "additional"}
 _DEFAULT_CONFIG = "configs/trainers/{trainer}/{cfg}.yaml"
@@ -89,7 +91,12 @@ class Run:
     returncode: Optional[int] = None
     note: str = ""
 
-    def command(self, python: str = "python", script: str = "train.py") -> List[str]:
+    def command(self, python: str = "python", script: str = "train.py", processes: int = 1) -> List[str]:
+        """The run's command line; with ``processes`` > 1 one run over that many processes
+        (GPUs) through torchrun (``python -m torch.distributed.run --standalone``)."""
+        if processes > 1:
+            return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+                    script] + self.argv
         return [python, script] + self.argv
 
     @property
@@ -338,8 +345,10 @@ def visible_gpus() -> List[str]:
         return []
 
 
-def run_local(runs: Sequence[Run], python: str, slots: Sequence[Optional[str]], bar: Optional[tqdm] = None) -> None:
-    """A pool of ``len(slots)`` concurrent runs; a slot is a GPU id (the run sees only that GPU) or None.
+def run_local(runs: Sequence[Run], python: str, slots: Sequence[Optional[str]], bar: Optional[tqdm] = None,
+              processes: int = 1) -> None:
+    """A pool of ``len(slots)`` concurrent runs; a slot is GPU ids ("0" or "0,1": the run sees only
+    those, one torchrun process each when ``processes`` > 1) or None (the CPU).
 
     A new run starts as soon as one ends (not in waves); a test run starts once its training is done.
     """
@@ -358,7 +367,7 @@ def run_local(runs: Sequence[Run], python: str, slots: Sequence[Optional[str]], 
                 env = dict(os.environ)
                 if slot is not None:
                     env["CUDA_VISIBLE_DEVICES"] = slot
-                running[pool.submit(execute, run.command(python, TRAIN_PY), run.output, env)] = (run, slot)
+                running[pool.submit(execute, run.command(python, TRAIN_PY, processes), run.output, env)] = (run, slot)
                 run.status = "running"
             if not running:
                 break
@@ -443,9 +452,11 @@ def submitit_executor(folder: str, cluster: str, slurm: Mapping[str, Any]):
     return executor
 
 
-def run_submitit(runs: Sequence[Run], python: str, executor: Any, bar: Optional[tqdm] = None) -> None:
+def run_submitit(runs: Sequence[Run], python: str, executor: Any, bar: Optional[tqdm] = None,
+                 processes: int = 1) -> None:
     """Submit the runs as job arrays, one per dependency level (training, then the runs that need it):
-    the array's parallelism limit lets SLURM start a run whenever one ends."""
+    the array's parallelism limit lets SLURM start a run whenever one ends. A job with several GPUs
+    runs train.py over ``processes`` of them through torchrun."""
     scheduler = _Scheduler(runs, bar)
     # the job process unpickles SweepJob, so it must find this module where this process found it
     saved = os.environ.get("PYTHONPATH")
@@ -457,7 +468,8 @@ def run_submitit(runs: Sequence[Run], python: str, executor: Any, bar: Optional[
             if not level:
                 break
             with executor.batch():
-                jobs = [executor.submit(SweepJob(run.command(python, TRAIN_PY), run.output)) for run in level]
+                jobs = [executor.submit(SweepJob(run.command(python, TRAIN_PY, processes), run.output))
+                        for run in level]
             if bar is not None:
                 bar.write(f"Submitted {len(jobs)} run(s) as job array {jobs[0].job_id.split('_')[0]}")
             for run, job in zip(level, jobs):
@@ -547,6 +559,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gpus", default="",
                         help="local: GPU ids to use, one run each (e.g. 0,1,3; 'all': every visible GPU; "
                              "'none': the CPU)")
+    parser.add_argument("--gpus-per-run", type=int, dest="gpus_per_run",
+                        help="GPUs of one run (default 1; the file's 'gpus_per_run'): above 1, each run is one "
+                             "torchrun over that many processes (local: the GPUs are split into groups; SLURM: "
+                             "GPUs per job)")
     parser.add_argument("--root", default="", help="data root (train.py's --root); default: the file's 'data', "
                                                    "else $DATA, else ./data")
     parser.add_argument("--set", action="append", default=[], metavar="AXIS=V1,V2",
@@ -560,7 +576,6 @@ def build_parser() -> argparse.ArgumentParser:
     slurm = parser.add_argument_group("SLURM (submitit; these override the file's 'slurm' settings)")
     slurm.add_argument("--partition")
     slurm.add_argument("--time", help="per run, minutes or [D-]HH:MM:SS")
-    slurm.add_argument("--gpus-per-run", type=int, dest="gpus_per_run")
     slurm.add_argument("--cpus", type=int)
     slurm.add_argument("--mem-gb", type=int, dest="mem_gb")
     slurm.add_argument("--array-parallelism", type=int, dest="array_parallelism",
@@ -584,13 +599,22 @@ def _overrides(items: Sequence[str]) -> Dict[str, List[str]]:
     return result
 
 
-def _local_slots(args: argparse.Namespace) -> List[Optional[str]]:
+def _local_slots(args: argparse.Namespace, per_run: int) -> List[Optional[str]]:
+    """One entry per concurrent run: its GPU ids ("0" or, with ``per_run`` > 1, "0,1"), or None."""
     if args.gpus == "none":
         gpus: List[str] = []
     elif args.gpus in ("", "all"):
         gpus = visible_gpus()
     else:
         gpus = [g.strip() for g in args.gpus.split(",") if g.strip()]
+    if per_run > 1:
+        if len(gpus) < per_run:
+            raise InvalidInputError(f"--gpus-per-run {per_run} needs at least {per_run} GPUs; "
+                                    f"{len(gpus)} are visible/given ({','.join(gpus) or 'none'})")
+        groups = [",".join(gpus[i:i + per_run]) for i in range(0, len(gpus) - per_run + 1, per_run)]
+        if args.jobs and args.jobs != len(groups):
+            print(f"Note: one run per {per_run} GPUs ({len(groups)} at once); --jobs {args.jobs} is ignored")
+        return list(groups)
     if gpus:
         if args.jobs and args.jobs != len(gpus):
             print(f"Note: one run per GPU ({len(gpus)}); --jobs {args.jobs} is ignored")
@@ -634,18 +658,21 @@ def _main(args: argparse.Namespace) -> int:
         return 0
     todo = sum(not r.finished for r in runs)
     print(f"{len(runs)} run(s) in {args.sweep}: {len(runs) - todo} finished, {todo} to run")
+    per_run = args.gpus_per_run if args.gpus_per_run is not None else int(spec.get("gpus_per_run", 1))
+    if per_run < 1:
+        raise InvalidInputError(f"gpus_per_run must be >= 1, got {per_run}")
     with tqdm(total=todo, unit="run", dynamic_ncols=True) as bar:
         if args.executor == "local":
-            run_local(runs, args.python, _local_slots(args), bar)
+            run_local(runs, args.python, _local_slots(args, per_run), bar, per_run)
         else:
             slurm = dict(spec.get("slurm") or {})
             for key in ("partition", "time", "cpus", "mem_gb", "array_parallelism", "account", "qos"):
                 if getattr(args, key) is not None:
                     slurm[key] = getattr(args, key)
-            if args.gpus_per_run is not None:
-                slurm["gpus"] = args.gpus_per_run
+            if args.gpus_per_run is not None or "gpus_per_run" in spec:
+                slurm["gpus"] = per_run
             executor = submitit_executor(args.submitit_folder, args.cluster, slurm)
-            run_submitit(runs, args.python, executor, bar)
+            run_submitit(runs, args.python, executor, bar, int(slurm.get("gpus", 1)))
     print(report(runs, args.tail))
     text, csv = results_table(spec, runs)
     print()
