@@ -26,8 +26,8 @@ from datasets.elevater.sampling import carve_validation, sample_few_shot, split_
 from datasets.elevater.tasks import task_classnames
 from datasets.synthetic_elevater import write_elevater_task
 from trainers.engine.config import get_cfg_default
-from trainers.engine.elevater_metrics import (ELEVATER_METRICS, _RECALL_LEVELS, accuracy, eleven_point_map,
-                                              get_metric, mean_per_class_accuracy, roc_auc)
+from trainers.engine.elevater_metrics import _RECALL_LEVELS, eleven_point_map, mean_per_class_accuracy, roc_auc
+from trainers.engine.evaluator import METRIC_REGISTRY, accuracy
 
 CLASS_COUNTS = {
     "caltech-101": 102, "cifar-10": 10, "cifar-100": 100, "country211": 211, "dtd": 47, "eurosat_clip": 10,
@@ -84,7 +84,7 @@ def test_class_names_templates_and_metrics_are_mvlpts():
         "caltech-101", "fgvc-aircraft-2013b-variants102", "oxford-flower-102", "oxford-iiit-pets"}
     assert metrics["voc-2007-classification"] == "11point_mAP"
     assert metrics["hateful-memes"] == "accuracy" and TASKS["hateful-memes"].elevater_metric == "roc_auc"
-    assert set(metrics.values()) <= set(METRIC_NAMES) == set(ELEVATER_METRICS)
+    assert set(metrics.values()) <= set(METRIC_NAMES) <= set(METRIC_REGISTRY.names())
     assert [n for n, cls in ELEVATER_TASKS.items() if cls.multilabel] == ["voc-2007-classification"]
 
 
@@ -318,10 +318,9 @@ def test_multitask_samples_the_union_in_sorted_task_order(root):
 
 # ----------------------------------------------------------------------------- metrics
 
-def test_accuracy_takes_the_first_best_and_multi_hot_targets():
+def test_accuracy_takes_the_first_best():
     scores = torch.tensor([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7], [0.5, 0.5]])
     assert accuracy(scores, torch.tensor([1, 1, 1, 0])) == pytest.approx(3 / 4)
-    assert accuracy(scores, torch.tensor([[0, 1], [0, 1], [0, 1], [1, 1]])) == pytest.approx(3 / 4)
 
 
 def test_mean_per_class_accuracy_ignores_classes_without_targets():
@@ -367,11 +366,9 @@ def test_roc_auc_binary_ties_and_multilabel():
 
 
 def test_metric_lookup_and_shape_errors():
-    assert get_metric("11point_mAP") is eleven_point_map
-    with pytest.raises(KeyError, match="known: accuracy"):
-        get_metric("mean-per-class")
+    assert METRIC_REGISTRY.get("11point_mAP").fn is eleven_point_map
     with pytest.raises(ValueError, match=r"targets must be"):
-        accuracy(torch.rand(3, 2), torch.tensor([0, 1]))
+        eleven_point_map(torch.rand(3, 2), torch.tensor([0, 1]))
 
 
 @pytest.mark.slow
