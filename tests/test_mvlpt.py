@@ -17,7 +17,7 @@ from trainers.analysis import avg_ckpt
 from trainers.engine.checkpoint import CheckpointMismatchError
 from trainers.engine.registry import TRAINER_REGISTRY, build_trainer
 from trainers.engine.trainer import Batch
-from trainers.mvlpt import MCoOp, MUPT, MVPT, UnifiedPromptedCLIP, checkpoint_blocks
+from trainers.mvlpt import MCoOp, MUPT, MVPT, UnifiedPromptedCLIP, set_activation_checkpointing
 from trainers.prompts.unified import MultitaskVLPromptLearner, UnifiedPromptProjection
 from trainers.prompts.vision import VisualPromptLearner
 
@@ -31,11 +31,6 @@ def tiny():
     for p in model.parameters():
         p.requires_grad_(False)
     return model
-
-
-@pytest.fixture(scope="module")
-def tiny_clip():
-    return tiny()
 
 
 def images(n=2, seed=0):
@@ -122,20 +117,20 @@ def test_a_prompt_learner_needs_some_prompt(tiny_clip):
 def upt_gradients(segments):
     torch.manual_seed(0)
     model = tiny()
-    for tower in (model.transformer, model.visual.transformer):
-        checkpoint_blocks(tower, segments)
+    assert set_activation_checkpointing(model, segments) == (segments > 1)
     learner = MultitaskVLPromptLearner(model, NAMES, 2, VisualPromptLearner(model, 2))
-    calls = []
-    model.visual.transformer.resblocks[0].ln_1.register_forward_hook(lambda *_: calls.append(1))
+    calls = {"visual": 0, "text": 0}
+    for name, tower in (("visual", model.visual.transformer), ("text", model.transformer)):
+        tower.resblocks[-1].ln_1.register_forward_hook(lambda *_, name=name: calls.update({name: calls[name] + 1}))
     logits = UnifiedPromptedCLIP(model, learner)(images())
     F.cross_entropy(logits, torch.tensor([0, 2])).backward()
-    return [p.grad.clone() for p in learner.parameters()], len(calls)
+    return [p.grad.clone() for p in learner.parameters()], calls
 
 
-def test_act_ckpt_recomputes_blocks_in_backward_with_the_same_gradients():
+def test_act_ckpt_recomputes_blocks_of_both_encoders_in_backward_with_the_same_gradients():
     plain, plain_calls = upt_gradients(1)
     checkpointed, recomputed_calls = upt_gradients(2)
-    assert plain_calls == 1 and recomputed_calls == 2
+    assert plain_calls == {"visual": 1, "text": 1} and recomputed_calls == {"visual": 2, "text": 2}
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(plain, checkpointed))
 
 
