@@ -212,6 +212,26 @@ def test_the_multi_task_loss_is_a_softmax_over_all_tasks_classes_unless_per_task
         with_options(mupt, **{"DATASET.MULTITASK_LABEL_PERTASK": False})
 
 
+def test_multi_hot_targets_train_with_the_originals_soft_target_cross_entropy(mupt):
+    sizes = [t.num_classes for t in mupt.dm.tasks]
+    logits = torch.randn(3, sum(sizes), generator=torch.Generator().manual_seed(1))
+    targets = torch.zeros(3, sum(sizes))
+    targets[0, [1, 4]] = 1  # a multi-label image of task 0
+    targets[1, sizes[0] + 2] = 1
+    targets[2, 3] = 1
+    batch = Batch(None, targets.argmax(dim=1), torch.tensor([0, 1, 0]), targets)
+    original = F.cross_entropy(logits, targets / targets.sum(dim=1, keepdim=True))  # MVLPT's normalised labels
+    assert torch.allclose(mupt.classification_loss(logits, batch), original)
+    with_options(mupt, **{"DATASET.MULTITASK_LABEL_PERTASK": True})
+    try:
+        rows = [F.cross_entropy(logits[0:1, :sizes[0]], torch.tensor([[0, .5, 0, 0, .5] + [0] * (sizes[0] - 5)])),
+                F.cross_entropy(logits[1:2, sizes[0]:], torch.tensor([2])),
+                F.cross_entropy(logits[2:3, :sizes[0]], torch.tensor([3]))]
+        assert torch.allclose(mupt.classification_loss(logits, batch), sum(rows) / 3)
+    finally:
+        with_options(mupt, **{"DATASET.MULTITASK_LABEL_PERTASK": False})
+
+
 def test_model_selection_uses_the_mean_or_the_evalkey_task(mupt):
     results = {"accuracy": 50.0, "error_rate": 50.0, "Synthetic/accuracy": 40.0, "SyntheticB/accuracy": 60.0}
     assert mupt.selection_score(results) == 50.0
