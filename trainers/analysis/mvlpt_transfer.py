@@ -108,7 +108,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     missing = sum(t not in matrix.get(s, {}) for s in tasks for t in tasks)
     print(f"Wrote transfer_raw.csv and transfer_normalised.csv ({len(tasks)} x {len(tasks)}, {missing} missing) "
           f"to {out}")
-    if plot(tasks, normalised, os.path.join(out, "transfer_map.png"), f"Transferability ({os.path.normpath(args.root)})"):
+    title = f"Transferability ({os.path.normpath(args.root)})"
+    if plot(tasks, normalised, os.path.join(out, "transfer_map.png"), title):
         print(f"Wrote {os.path.join(out, 'transfer_map.png')}")
     else:
         print("No picture: matplotlib is not installed (pip install -e '.[analysis]' or pip install matplotlib); "
