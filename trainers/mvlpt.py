@@ -93,14 +93,12 @@ def add_mvlpt_config(cfg) -> None:
 
 
 def apply_mvlpt_arguments(cfg, args) -> None:
-    """MVLPT's ``train.py`` flags. ``--dataset`` lists the tasks: in command-line order with
-    ``--dataset-coop`` (CoOp's data sets), sorted by name otherwise (ELEVATER's multi-task order)."""
+    """MVLPT's ``train.py`` flags. ``--dataset`` lists the tasks in command-line order; the data
+    manager sorts them by name when they are all ELEVATER tasks (MVLPT's multi-task manifest order)
+    unless ``--dataset-coop`` is given."""
     if args.dataset:
-        names = [n.strip() for n in args.dataset.split(",") if n.strip()]
-        if not args.dataset_coop and args.multi_task:
-            names = sorted(names)
         cfg.DATASET.DATASET = args.dataset
-        cfg.DATASET.NAME = ",".join(names)
+        cfg.DATASET.NAME = ",".join(n.strip() for n in args.dataset.split(",") if n.strip())
     if args.shots:
         cfg.DATASET.NUM_SAMPLES_PER_CLASS = args.shots
         cfg.DATASET.NUM_SHOTS = args.shots
