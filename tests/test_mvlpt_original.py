@@ -22,7 +22,6 @@ from datasets.build import build_dataset
 from datasets.elevater import TASKS, read_elevater_image
 from datasets.elevater.index import read_iris_index
 from datasets.elevater.tasks import task_classnames
-from datasets.synthetic import SyntheticC  # noqa: F401  (registers the third CoOp-layout task)
 from datasets.synthetic_elevater import write_elevater_task
 from test_mvlpt import original_theta
 from test_vpt import reference_image_features
