@@ -3,6 +3,8 @@ on results.json files laid out as the MVLPT scripts write them."""
 import csv
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -82,3 +84,56 @@ def test_the_transfer_map_is_normalised_by_the_best_source_per_target(tmp_path, 
         assert list(csv.reader(f)) == [["source \\ target", "cifar-10", "mnist"], ["cifar-10", "1.0000", "0.2500"],
                                        ["mnist", "0.5000", "1.0000"]]
     assert mvlpt_transfer.main([str(tmp_path / "empty")]) == 1
+
+
+# ----- the scripts' wiring (train.py replaced by a recorder that writes a results.json) ------------------
+
+FAKE_PYTHON = """#!{python}
+import json, os, sys
+argv = sys.argv[1:]
+if argv[0] != "train.py":
+    os.execv({python!r}, [{python!r}] + argv)
+with open(os.environ["CALLS"], "a") as f:
+    f.write(" ".join(argv) + "\\n")
+out, names = argv[argv.index("--output-dir") + 1], argv[argv.index("--dataset") + 1].split(",")
+os.makedirs(out, exist_ok=True)
+score = 10.0 * len(out) % 97
+with open(os.path.join(out, "results.json"), "w") as f:
+    json.dump({{"datasets": names, "metrics": {{"accuracy": score}},
+               "per_task": {{n: {{"accuracy": score}} for n in names}} if len(names) > 1 else {{}}}}, f)
+"""
+
+
+def run_script(tmp_path, script, *args, **env):
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    fake = tmp_path / "python"
+    fake.write_text(FAKE_PYTHON.format(python=sys.executable))
+    fake.chmod(0o755)
+    calls = tmp_path / "calls.txt"
+    environment = dict(os.environ, PYTHON=str(fake), CALLS=str(calls), SEEDS="1", OUTPUT=str(tmp_path / "out"),
+                       PYTHONPATH=repo, **env)
+    done = subprocess.run(["bash", os.path.join("scripts", "mvlpt", script), *args], cwd=repo, env=environment,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return calls.read_text().splitlines(), done.stdout
+
+
+@pytest.mark.slow
+def test_few_shot_runs_the_table5_group_of_each_task_and_evaluates_every_tasks_best(tmp_path):
+    calls, _ = run_script(tmp_path, "few_shot.sh", "VPT", "vit_b16", "16", "20", TASKS="gtsrb kitti-distance",
+                          GROUP_SIZE="3")
+    groups = [c.split("--dataset ")[1].split()[0] for c in calls if "--eval-only" not in c]
+    assert groups == ["gtsrb,mnist,cifar-100", "kitti-distance,voc-2007-classification,oxford-flower-102"]
+    best = [c for c in calls if "--eval-only" in c]
+    assert len(best) == 6 and all("--multi-task" in c and "best_per_task/" in c for c in best)
+    assert all("TRAINER.MVLPT.SAVE_BEST_PER_TASK True" in c for c in calls if "--eval-only" not in c)
+
+
+@pytest.mark.slow
+def test_the_transferability_script_evaluates_every_prompt_on_every_task_and_draws_the_map(tmp_path):
+    calls, out = run_script(tmp_path, "transferability.sh", "CoOp", "vit_b16", "16", "20", TASKS="cifar-10 mnist")
+    evals = [c for c in calls if "--eval-only" in c]
+    assert len(calls) == 6 and len(evals) == 4
+    assert any("--dataset mnist --eval-only --model-dir" in c and "few_shot/cifar-10/CoOp" in c for c in evals)
+    folder = tmp_path / "out" / "transfer" / "CoOp" / "vit_b16_20shots" / "nctx16"
+    assert (folder / "transfer_normalised.csv").is_file() and "Wrote transfer_raw.csv" in out
