@@ -315,6 +315,22 @@ def test_an_original_upt_checkpoint_evaluates_to_the_written_out_logits(mupt, tm
     assert code == 0 and "=> task: SyntheticB" in log and "* accuracy:" in log
 
 
+def test_a_resumed_elevater_run_continues_the_toolkits_shuffle(tmp_path):
+    from datasets.synthetic_elevater import write_elevater_task
+    write_elevater_task(str(tmp_path / "data"), "cifar-10")
+    args = ("--root", str(tmp_path / "data"), "--output-dir", str(tmp_path / "run"), "--trainer", "MVPT",
+            "--config-file", "configs/trainers/MVPT/tiny_vit_b16_ep2.yaml", "--dataset", "cifar-10", "--shots", "2")
+    first = build_trainer(cfg_from(*args))
+    first.before_train()
+    assert first.start_epoch == 0
+    epochs = [list(first.train_loader_x.sampler) for _ in range(2)]
+    assert epochs[0] != epochs[1]
+    first.save_model(0, str(tmp_path / "run"))
+    resumed = build_trainer(cfg_from(*args))
+    resumed.before_train()
+    assert resumed.start_epoch == 1 and list(resumed.train_loader_x.sampler) == epochs[1]
+
+
 def test_avg_ckpt_averages_tensors_epoch_and_val_result(tmp_path):
     for seed, value in ((1, 1.0), (2, 2.0), (3, 6.0)):
         folder = tmp_path / f"seed{seed}" / "prompt_learner"

@@ -410,6 +410,12 @@ class TrainerX:
         self.check_model_selection()
         directory = self.cfg.RESUME or self.output_dir
         self.start_epoch = self.resume_model_if_exist(directory)
+        sampler = self.train_loader_x.sampler
+        if getattr(sampler, "generator", None) is not None:
+            # A loader shuffled by its own generator (ELEVATER's, seeded 0): draw the finished epochs'
+            # orders again so a resumed run continues with the uninterrupted run's order.
+            for _ in range(self.start_epoch):
+                list(sampler)
         self._writer = make_writer(os.path.join(self.output_dir, "tensorboard"))
         self.time_start = time.time()
 
