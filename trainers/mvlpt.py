@@ -23,6 +23,14 @@ and ``MUPT`` (alias ``UPT``) fix the prompt type and default a length left at 0 
   switches (every block recomputes its activations in the backward pass, the least memory;
   the original's k segments would keep the last segment's); 1 gives none, as in the original,
   where ``checkpoint_sequential`` with one segment checkpoints nothing.
+* Data: CoOp-layout tasks (and any task with ``--dataset-coop``) keep the command-line order and
+  Dassl's loaders; a run of ELEVATER tasks only takes the toolkit's loaders (no augmentation,
+  squash resize, its batch sizes and seeded-0 shuffle) and sorted task order, see
+  ``datasets/elevater/loaders.py``. Multi-label rows (VOC) train on the original's soft-target
+  cross-entropy (multi-hot targets scaled to sum 1; an image without labels adds 0 where the
+  original's 0/0 gives NaN) and are scored by 11-point mAP on the raw logits.
+* ELEVATER runs also print the original's result lines (``results {'accuracy': 0.2}``: fractions,
+  MVLPT's metric names) after ours.
 * Visual prompts run through every block (the original silently skips blocks when it has fewer
   deep prompts than layers). Visual-only runs encode the fixed text prompt once and reuse it.
 * Checkpoints hold the learned tensors under the original keys (``ctx``, ``vpt_embeddings``,
