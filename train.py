@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     mvlpt = parser.add_argument_group("MVLPT's arguments")
     mvlpt.add_argument("--dataset", type=str, default="",
                        help="task(s), comma-separated: sets DATASET.NAME and DATASET.DATASET; with --multi-task and "
-                            "without --dataset-coop sorted by name (MVLPT's ELEVATER order), else as given")
+                            "without --dataset-coop, ELEVATER tasks are sorted by name (MVLPT's multi-task order)")
     mvlpt.add_argument("--shots", type=int, default=None,
                        help="shots per class: DATASET.NUM_SHOTS and DATASET.NUM_SAMPLES_PER_CLASS (0 is ignored)")
     mvlpt.add_argument("--dataset-coop", action="store_true", help="CoOp's data sets (DATASET.COOP)")

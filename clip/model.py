@@ -476,7 +476,11 @@ class Transformer(nn.Module):
 
 
 class VisionTransformer(nn.Module):
-    """CLIP's ViT image encoder with VPT/MaPLe/Adapt prompt arguments."""
+    """CLIP's ViT image encoder with VPT/MaPLe/Adapt prompt arguments.
+
+    ``checkpointing`` (default False) recomputes every block during backward, as the text
+    side's ``CLIP.text_checkpointing``; it changes nothing without gradients.
+    """
 
     def __init__(self, input_resolution: int, patch_size: int, width: int, layers: int, heads: int,
                  output_dim: int) -> None:
@@ -494,6 +498,7 @@ class VisionTransformer(nn.Module):
 
         self.ln_post = LayerNorm(width)
         self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
+        self.checkpointing = False
 
     def forward(self, x: Tensor, prompts: Optional[Tensor] = None, deep_prompts: PromptList = None,
                 kv_prompts: PromptList = None, prompts_before_ln_pre: bool = False) -> Tensor:
@@ -523,7 +528,7 @@ class VisionTransformer(nn.Module):
         if shallow is not None and not prompts_before_ln_pre:
             x = _insert_after_cls(x, shallow)
 
-        x = self.transformer(x, deep_prompts=deep_prompts, kv_prompts=kv_prompts)
+        x = self.transformer(x, deep_prompts=deep_prompts, kv_prompts=kv_prompts, checkpointed=self.checkpointing)
         return self.ln_post(x[:, 0]) @ self.proj
 
 

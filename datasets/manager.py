@@ -22,7 +22,9 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, Sequen
 from clip.errors import InvalidInputError, MissingInputError, UnreadableInputError
 from .base import DatasetBase, Datum
 from .build import TASK_SET_CACHES, TASK_SETS, build_dataset
+from .elevater import ELEVATER_TASKS, build_elevater_multitask
 from .elevater.index import ZIP_MEMBER_MARK, read_elevater_image
+from .elevater.loaders import elevater_loading, elevater_transform
 from .transforms import build_transform, interpolation_mode
 
 __all__ = ["Task", "DataManager", "DatasetWrapper", "build_data_loader", "build_sampler", "TaskBalancedSampler", "read_image",
@@ -78,11 +80,18 @@ def find_unreadable_images(datasets: Sequence[DatasetBase]) -> List[str]:
 
 
 class DatasetWrapper(Dataset):
-    """Items as Dassl's dicts (label, domain, impath, index, img[, img2...][, img0]) plus ``task``."""
+    """Items as Dassl's dicts (label, domain, impath, index, img[, img2...][, img0]) plus ``task``.
+
+    ``class_offsets`` (one per task) switch on ``targets``: a multi-hot row over all tasks'
+    classes (every label of a multi-label item), MVLPT's target of its ELEVATER paths.
+    """
 
     def __init__(self, cfg: Any, data_source: Sequence[Datum], transform: Any = None, is_train: bool = False,
-                 tasks: Optional[Sequence[int]] = None, split: str = "") -> None:
+                 tasks: Optional[Sequence[int]] = None, split: str = "",
+                 class_offsets: Optional[Sequence[int]] = None, num_classes: int = 0) -> None:
         self.data_source = data_source
+        self.class_offsets = class_offsets
+        self.num_classes = num_classes
         self.split = split
         self.tasks = tasks if tasks is not None else [0] * len(data_source)
         if len(self.tasks) != len(data_source):
@@ -109,6 +118,11 @@ class DatasetWrapper(Dataset):
         item = self.data_source[idx]
         output: Dict[str, Any] = {"label": item.label, "domain": item.domain, "impath": item.impath,
                                   "index": idx, "task": self.tasks[idx]}
+        if self.class_offsets is not None:
+            targets = torch.zeros(self.num_classes)
+            labels = getattr(item, "labels", (item.label,))
+            targets[[self.class_offsets[self.tasks[idx]] + c for c in labels]] = 1.0
+            output["targets"] = targets
         img0 = read_image(item.impath, self.split)
         if self.transform is None:
             output["img"] = img0
@@ -157,11 +171,12 @@ class TaskBalancedSampler(Sampler[int]):
             cursors[k] += 1
 
 
-def build_sampler(sampler_type: str, data_source: Sequence[Datum], tasks: Optional[Sequence[int]] = None) -> Sampler:
-    """PyTorch's RandomSampler (global torch RNG, reshuffled every epoch), SequentialSampler, or
-    ``TaskBalancedSampler`` over the items' ``tasks`` (all task 0 when not given)."""
+def build_sampler(sampler_type: str, data_source: Sequence[Datum], tasks: Optional[Sequence[int]] = None,
+                  generator: Optional[torch.Generator] = None) -> Sampler:
+    """PyTorch's RandomSampler (the global torch RNG unless ``generator``; reshuffled every epoch),
+    SequentialSampler, or ``TaskBalancedSampler`` over the items' ``tasks`` (all task 0 when not given)."""
     if sampler_type == "RandomSampler":
-        return RandomSampler(data_source)
+        return RandomSampler(data_source, generator=generator)
     if sampler_type == "SequentialSampler":
         return SequentialSampler(data_source)
     if sampler_type == "TaskBalancedSampler":
@@ -182,8 +197,12 @@ def loader_workers(requested: int) -> int:
 
 def build_data_loader(cfg: Any, sampler_type: str, data_source: Sequence[Datum], batch_size: int,
                       tfm: Any = None, is_train: bool = True, tasks: Optional[Sequence[int]] = None,
-                      what: str = "data") -> DataLoader:
-    """A DataLoader as Dassl builds it; a training set smaller than one batch keeps its partial batch."""
+                      what: str = "data", generator: Optional[torch.Generator] = None,
+                      drop_last: Optional[bool] = None, **wrapper_args: Any) -> DataLoader:
+    """A DataLoader as Dassl builds it; a training set smaller than one batch keeps its partial batch.
+
+    ``drop_last`` None: Dassl's rule (training drops a last partial batch); ``wrapper_args`` go to
+    ``DatasetWrapper``."""
     if not data_source:
         raise InvalidInputError(f"Cannot build a loader over an empty {what} list")
     if is_train and len(data_source) < batch_size:
@@ -191,11 +210,11 @@ def build_data_loader(cfg: Any, sampler_type: str, data_source: Sequence[Datum],
                       f"(DATALOADER.TRAIN_X.BATCH_SIZE): each epoch is one partial batch of {len(data_source)}",
                       stacklevel=2)
     return DataLoader(
-        DatasetWrapper(cfg, data_source, transform=tfm, is_train=is_train, tasks=tasks, split=what),
+        DatasetWrapper(cfg, data_source, transform=tfm, is_train=is_train, tasks=tasks, split=what, **wrapper_args),
         batch_size=batch_size,
-        sampler=build_sampler(sampler_type, data_source, tasks),
+        sampler=build_sampler(sampler_type, data_source, tasks, generator),
         num_workers=loader_workers(cfg.DATALOADER.NUM_WORKERS),
-        drop_last=is_train and len(data_source) >= batch_size,
+        drop_last=(is_train and len(data_source) >= batch_size) if drop_last is None else drop_last,
         pin_memory=torch.cuda.is_available() and cfg.USE_CUDA,
     )
 
@@ -210,6 +229,11 @@ def parse_dataset_names(name: str) -> List[str]:
     if repeated:
         raise InvalidInputError(f"DATASET.NAME lists {repeated} more than once: {name!r}")
     return names
+
+
+def _elevater_path(cfg: Any, names: Sequence[str]) -> bool:
+    """MVLPT's ELEVATER data path: every task is an ELEVATER task and ``DATASET.COOP`` is off."""
+    return not cfg.DATASET.get("COOP", False) and all(name in ELEVATER_TASKS for name in names)
 
 
 def subsample_tasks(names: List[str], which: str) -> List[str]:
@@ -239,6 +263,9 @@ def build_tasks(cfg: Any) -> "tuple[List[str], List[DatasetBase]]":
         names = subsample_tasks([name for name, _ in cached], cfg.DATASET.SUBSAMPLE_TASKS)
         return names, [dataset for name, dataset in cached if name in names]
     names = subsample_tasks(parse_dataset_names(cfg.DATASET.NAME), cfg.DATASET.SUBSAMPLE_TASKS)
+    if _elevater_path(cfg, names) and len(names) > 1:
+        names = sorted(names)  # MVLPT's multi-task manifest orders the tasks by name
+        return names, list(build_elevater_multitask(cfg, names))
     return names, [build_dataset(cfg, name) for name in names]
 
 
@@ -256,6 +283,7 @@ class DataManager:
 
     def __init__(self, cfg: Any, custom_tfm_train: Any = None, custom_tfm_test: Any = None) -> None:
         names, self.datasets = build_tasks(cfg)
+        self.elevater = _elevater_path(cfg, names)
         offsets = [sum(d.num_classes for d in self.datasets[:t]) for t in range(len(names))]
         self.tasks: List[Task] = [
             Task(index=t, name=name, classnames=list(d.classnames), lab2cname=dict(d.lab2cname),
@@ -263,22 +291,39 @@ class DataManager:
                  metric=getattr(d, "metric", "accuracy"))
             for t, (name, d) in enumerate(zip(names, self.datasets))]
 
+        default_train, default_test = build_transform, build_transform
+        if self.elevater:
+            print("* ELEVATER loaders: no augmentation, "
+                  + ("resize and centre crop" if cfg.DATASET.get("CENTER_CROP", False) else "squash resize"))
+            default_train = default_test = lambda cfg, is_train: elevater_transform(cfg)
         if custom_tfm_train is None:
-            tfm_train = build_transform(cfg, is_train=True)
+            tfm_train = default_train(cfg, is_train=True)
         else:
             print("* Using custom transform for training")
             tfm_train = custom_tfm_train
         if custom_tfm_test is None:
-            tfm_test = build_transform(cfg, is_train=False)
+            tfm_test = default_test(cfg, is_train=False)
         else:
             print("* Using custom transform for testing")
             tfm_test = custom_tfm_test
 
         loader_cfg = cfg.DATALOADER
         train_x, train_tasks = _concat([d.train_x for d in self.datasets])
-        self.train_loader_x = build_data_loader(cfg, loader_cfg.TRAIN_X.SAMPLER, train_x,
-                                                loader_cfg.TRAIN_X.BATCH_SIZE, tfm_train, True, train_tasks,
-                                                what="training")
+        # multi-hot targets over all tasks' classes when a task is multi-label (MVLPT's soft targets)
+        targets = {}
+        if any(getattr(d, "multilabel", False) for d in self.datasets):
+            targets = {"class_offsets": offsets, "num_classes": self.num_classes}
+        train_sampler, batch_sizes, generator, drop_last = loader_cfg.TRAIN_X.SAMPLER, None, None, None
+        if self.elevater:
+            loading = elevater_loading(cfg, len(names), len(train_x))
+            batch_sizes = (loading.train_batch_size, loading.val_batch_size, loading.test_batch_size)
+            generator, drop_last = loading.train_generator, False
+            train_sampler = "SequentialSampler" if generator is None else "RandomSampler"
+        train_bs, val_bs, test_bs = batch_sizes or (loader_cfg.TRAIN_X.BATCH_SIZE, loader_cfg.TEST.BATCH_SIZE,
+                                                    loader_cfg.TEST.BATCH_SIZE)
+        self.train_loader_x = build_data_loader(cfg, train_sampler, train_x, train_bs, tfm_train, True, train_tasks,
+                                                what="training", generator=generator, drop_last=drop_last,
+                                                **targets)
         self.train_loader_u = None
         train_u, train_u_tasks = _concat([d.train_u for d in self.datasets])
         if train_u:
@@ -289,11 +334,11 @@ class DataManager:
         val, val_tasks = _concat([d.val for d in self.datasets])
         self.val_loader = None
         if val:
-            self.val_loader = build_data_loader(cfg, loader_cfg.TEST.SAMPLER, val, loader_cfg.TEST.BATCH_SIZE,
-                                                tfm_test, False, val_tasks, what="validation")
+            self.val_loader = build_data_loader(cfg, loader_cfg.TEST.SAMPLER, val, val_bs, tfm_test, False,
+                                                val_tasks, what="validation", **targets)
         test, test_tasks = _concat([d.test for d in self.datasets])
-        self.test_loader = build_data_loader(cfg, loader_cfg.TEST.SAMPLER, test, loader_cfg.TEST.BATCH_SIZE,
-                                             tfm_test, False, test_tasks, what="test")
+        self.test_loader = build_data_loader(cfg, loader_cfg.TEST.SAMPLER, test, test_bs, tfm_test, False,
+                                             test_tasks, what="test", **targets)
 
         self.dataset = self.datasets[0]
         self._num_source_domains = len(cfg.DATASET.SOURCE_DOMAINS)

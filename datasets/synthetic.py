@@ -1,7 +1,8 @@
 """Small generated data sets in the CoOp layout, so tests and demos run without downloads.
 
-``Synthetic`` (10 coloured shapes/stripes) and ``SyntheticB`` (6 textures) write themselves
-on first use into ``<ROOT>/synthetic/`` and ``<ROOT>/synthetic_b/``: ``images/<class>/<i>.png``
+``Synthetic`` (10 coloured shapes/stripes), ``SyntheticB`` (6 textures) and ``SyntheticC``
+(4 faded textures, a third task for multi-task tests) write themselves on first use into
+``<ROOT>/synthetic/``, ``<ROOT>/synthetic_b/`` and ``<ROOT>/synthetic_c/``: ``images/<class>/<i>.png``
 (64x64) plus ``split_zhou_<Name>.json`` with 16 train, 4 val and 8 test images per class.
 Each image is drawn from its own NumPy generator seeded by (data set, class, index), so the
 pixels are the same on every machine and run. After that they are ordinary CoOp readers.
@@ -213,3 +214,11 @@ class SyntheticB(_GeneratedDataset):
     template = "{} texture."
     classes = TEXTURE_CLASSES
     seed = 2023
+
+
+@DATASET_REGISTRY.register()
+class SyntheticC(_GeneratedDataset):
+    dataset_dir = "synthetic_c"
+    template = "a photo of a {}."
+    classes = [("faded " + name, painter) for name, painter in TEXTURE_CLASSES[:4]]
+    seed = 2024

@@ -15,6 +15,8 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
+import torchvision.transforms as T
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 import datasets.elevater.index as elevater_index
@@ -25,9 +27,11 @@ from datasets.elevater.index import IndexedImage, read_coco_index, read_iris_ind
 from datasets.elevater.sampling import carve_validation, sample_few_shot, split_train_val
 from datasets.elevater.tasks import task_classnames
 from datasets.synthetic_elevater import write_elevater_task
+from datasets.elevater.loaders import elevater_transform
+from datasets.manager import DataManager
 from trainers.engine.config import get_cfg_default
-from trainers.engine.elevater_metrics import (ELEVATER_METRICS, _RECALL_LEVELS, accuracy, eleven_point_map,
-                                              get_metric, mean_per_class_accuracy, roc_auc)
+from trainers.engine.elevater_metrics import _RECALL_LEVELS, eleven_point_map, mean_per_class_accuracy, roc_auc
+from trainers.engine.evaluator import METRIC_REGISTRY, accuracy
 
 CLASS_COUNTS = {
     "caltech-101": 102, "cifar-10": 10, "cifar-100": 100, "country211": 211, "dtd": 47, "eurosat_clip": 10,
@@ -84,7 +88,7 @@ def test_class_names_templates_and_metrics_are_mvlpts():
         "caltech-101", "fgvc-aircraft-2013b-variants102", "oxford-flower-102", "oxford-iiit-pets"}
     assert metrics["voc-2007-classification"] == "11point_mAP"
     assert metrics["hateful-memes"] == "accuracy" and TASKS["hateful-memes"].elevater_metric == "roc_auc"
-    assert set(metrics.values()) <= set(METRIC_NAMES) == set(ELEVATER_METRICS)
+    assert set(metrics.values()) <= set(METRIC_NAMES) <= set(METRIC_REGISTRY.names())
     assert [n for n, cls in ELEVATER_TASKS.items() if cls.multilabel] == ["voc-2007-classification"]
 
 
@@ -316,12 +320,74 @@ def test_multitask_samples_the_union_in_sorted_task_order(root):
         build_elevater_multitask(cfg, ["cifar-10", "Synthetic"])
 
 
+# ----------------------------------------------------------------------------- loaders
+
+def _manager(root, names, shots, batch_size=4, **dataset):
+    cfg = _cfg(root, shots=shots, seed=1)
+    cfg.DATASET.NAME = names
+    cfg.DATALOADER.NUM_WORKERS = 0
+    cfg.DATALOADER.TRAIN_X.BATCH_SIZE = batch_size
+    for key, value in dataset.items():
+        cfg.DATASET[key] = value
+    return DataManager(cfg)
+
+
+def test_the_toolkit_transform_squashes_without_augmentation_or_crops_on_request():
+    cfg = get_cfg_default()
+    wide = Image.fromarray(np.arange(10 * 30 * 3, dtype=np.uint8).reshape(10, 30, 3) % 251)
+    squash = elevater_transform(cfg)(wide)
+    expected = T.Compose([T.Resize((224, 224), interpolation=T.InterpolationMode.BICUBIC), T.ToTensor(),
+                          T.Normalize(cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD)])(wide)
+    assert torch.equal(squash, expected) and torch.equal(elevater_transform(cfg)(wide), squash)
+    cfg.DATASET.CENTER_CROP = True
+    cropped = elevater_transform(cfg)(wide)
+    assert cropped.shape == squash.shape and not torch.allclose(cropped, squash)
+
+
+def test_single_task_loaders_are_the_toolkits(root):
+    dm = _manager(root, "cifar-10", shots=5, batch_size=3)
+    assert dm.elevater and type(dm.train_loader_x.dataset.transform) is T.Compose
+    assert all("Random" not in type(t).__name__ for t in dm.train_loader_x.dataset.transform.transforms)
+    train = dm.train_loader_x
+    assert (train.batch_size, dm.val_loader.batch_size, dm.test_loader.batch_size) == (3, 3, 64)
+    assert not train.drop_last and len(dm.dataset.train_x) % 3 != 0
+    order = torch.randperm(len(dm.dataset.train_x), generator=torch.Generator().manual_seed(0)).tolist()
+    assert list(train.sampler) == order  # the toolkit's generator seeded with 0, whatever the seed
+    one_shot = _manager(root, "cifar-10", shots=1, batch_size=32)
+    assert one_shot.train_loader_x.batch_size == 10 and list(one_shot.train_loader_x.sampler) == list(range(10))
+    coop_path = _manager(root, "cifar-10", shots=5, COOP=True)  # --dataset-coop: Dassl's loaders
+    assert not coop_path.elevater and coop_path.train_loader_x.drop_last
+
+
+def test_multi_task_loaders_use_the_union_split_in_sorted_order(root):
+    dm = _manager(root, "hateful-memes,cifar-10", shots=5)
+    assert [t.name for t in dm.tasks] == ["cifar-10", "hateful-memes"]
+    union = build_elevater_multitask(_cfg(root, shots=5, seed=1), ["cifar-10", "hateful-memes"])
+    assert [d.train_x for d in dm.datasets] == [d.train_x for d in union]
+    assert [d.val for d in dm.datasets] == [d.val for d in union]
+    loaders = (dm.train_loader_x, dm.val_loader, dm.test_loader)
+    assert [loader.batch_size for loader in loaders] == [64, 64, 64]
+    assert list(dm.train_loader_x.sampler) == list(range(len(dm.train_loader_x.dataset)))  # one fixed order
+
+
+def test_multi_label_items_carry_multi_hot_targets_over_all_tasks_classes(root):
+    dm = _manager(root, "voc-2007-classification,cifar-10", shots=-1)
+    test = dm.test_loader.dataset
+    rows = [test[i] for i in range(len(test))]
+    voc = [r for r in rows if r["task"] == 1]
+    assert all(r["targets"].shape == (30,) for r in rows)
+    assert all(r["targets"][r["label"]] == 1 and r["targets"].sum() == 1 for r in rows if r["task"] == 0)
+    assert any(r["targets"].sum() == 2 for r in voc)
+    for r in voc:
+        labels = dm.datasets[1].test[r["index"] - len(dm.datasets[0].test)].labels
+        assert r["targets"].nonzero().squeeze(1).tolist() == sorted(10 + c for c in labels)
+
+
 # ----------------------------------------------------------------------------- metrics
 
-def test_accuracy_takes_the_first_best_and_multi_hot_targets():
+def test_accuracy_takes_the_first_best():
     scores = torch.tensor([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7], [0.5, 0.5]])
     assert accuracy(scores, torch.tensor([1, 1, 1, 0])) == pytest.approx(3 / 4)
-    assert accuracy(scores, torch.tensor([[0, 1], [0, 1], [0, 1], [1, 1]])) == pytest.approx(3 / 4)
 
 
 def test_mean_per_class_accuracy_ignores_classes_without_targets():
@@ -367,11 +433,9 @@ def test_roc_auc_binary_ties_and_multilabel():
 
 
 def test_metric_lookup_and_shape_errors():
-    assert get_metric("11point_mAP") is eleven_point_map
-    with pytest.raises(KeyError, match="known: accuracy"):
-        get_metric("mean-per-class")
+    assert METRIC_REGISTRY.get("11point_mAP").fn is eleven_point_map
     with pytest.raises(ValueError, match=r"targets must be"):
-        accuracy(torch.rand(3, 2), torch.tensor([0, 1]))
+        eleven_point_map(torch.rand(3, 2), torch.tensor([0, 1]))
 
 
 @pytest.mark.slow

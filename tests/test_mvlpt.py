@@ -17,7 +17,7 @@ from trainers.analysis import avg_ckpt
 from trainers.engine.checkpoint import CheckpointMismatchError
 from trainers.engine.registry import TRAINER_REGISTRY, build_trainer
 from trainers.engine.trainer import Batch
-from trainers.mvlpt import MCoOp, MUPT, MVPT, UnifiedPromptedCLIP, checkpoint_blocks
+from trainers.mvlpt import MCoOp, MUPT, MVPT, UnifiedPromptedCLIP, set_activation_checkpointing
 from trainers.prompts.unified import MultitaskVLPromptLearner, UnifiedPromptProjection
 from trainers.prompts.vision import VisualPromptLearner
 
@@ -31,11 +31,6 @@ def tiny():
     for p in model.parameters():
         p.requires_grad_(False)
     return model
-
-
-@pytest.fixture(scope="module")
-def tiny_clip():
-    return tiny()
 
 
 def images(n=2, seed=0):
@@ -122,20 +117,20 @@ def test_a_prompt_learner_needs_some_prompt(tiny_clip):
 def upt_gradients(segments):
     torch.manual_seed(0)
     model = tiny()
-    for tower in (model.transformer, model.visual.transformer):
-        checkpoint_blocks(tower, segments)
+    assert set_activation_checkpointing(model, segments) == (segments > 1)
     learner = MultitaskVLPromptLearner(model, NAMES, 2, VisualPromptLearner(model, 2))
-    calls = []
-    model.visual.transformer.resblocks[0].ln_1.register_forward_hook(lambda *_: calls.append(1))
+    calls = {"visual": 0, "text": 0}
+    for name, tower in (("visual", model.visual.transformer), ("text", model.transformer)):
+        tower.resblocks[-1].ln_1.register_forward_hook(lambda *_, name=name: calls.update({name: calls[name] + 1}))
     logits = UnifiedPromptedCLIP(model, learner)(images())
     F.cross_entropy(logits, torch.tensor([0, 2])).backward()
-    return [p.grad.clone() for p in learner.parameters()], len(calls)
+    return [p.grad.clone() for p in learner.parameters()], calls
 
 
-def test_act_ckpt_recomputes_blocks_in_backward_with_the_same_gradients():
+def test_act_ckpt_recomputes_blocks_of_both_encoders_in_backward_with_the_same_gradients():
     plain, plain_calls = upt_gradients(1)
     checkpointed, recomputed_calls = upt_gradients(2)
-    assert plain_calls == 1 and recomputed_calls == 2
+    assert plain_calls == {"visual": 1, "text": 1} and recomputed_calls == {"visual": 2, "text": 2}
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(plain, checkpointed))
 
 
@@ -150,12 +145,10 @@ def test_mvlpts_arguments_set_its_keys_and_order_the_tasks():
                    "--multi-task-label_pertask", "--multi-task-evalkey", "Synthetic", "--cut-contextlen",
                    "--act-ckpt", "3")
     data = cfg.DATASET
-    assert data.NAME == "Synthetic,SyntheticB" and data.DATASET == "SyntheticB,Synthetic"  # ELEVATER: sorted
+    assert data.NAME == data.DATASET == "SyntheticB,Synthetic"  # the data manager sorts ELEVATER tasks only
     assert (data.NUM_SHOTS, data.NUM_SAMPLES_PER_CLASS, data.RANDOM_SEED_SAMPLING) == (5, 5, 2)
     assert data.MULTITASK and data.MULTITASK_LABEL_PERTASK and data.MULTITASK_EVALKEY == "Synthetic"
     assert cfg.TRAINER.CUT_CONTEXTLEN and cfg.TRAINER.ACT_CKPT == 3
-    assert cfg_from("--dataset", "SyntheticB,Synthetic", "--multi-task", "--dataset-coop").DATASET.NAME == \
-        "SyntheticB,Synthetic"  # CoOp data: command-line order
     defaults = cfg_from()
     assert defaults.DATASET.MULTITASK_EVALKEY == "average" and defaults.TRAINER.ACT_CKPT == 1
     assert defaults.TRAINER.MVLPT.COOP.CLASS_TOKEN_POSITION == "middle" and defaults.TRAINER.MVLPT.PREC == "fp16"
@@ -213,6 +206,26 @@ def test_the_multi_task_loss_is_a_softmax_over_all_tasks_classes_unless_per_task
         per_task = [F.cross_entropy(logits[0:1, :sizes[0]], labels[0:1]),
                     F.cross_entropy(logits[1:2, sizes[0]:], labels[1:2] - sizes[0])]
         assert torch.allclose(mupt.classification_loss(logits, batch), sum(per_task) / 2)
+    finally:
+        with_options(mupt, **{"DATASET.MULTITASK_LABEL_PERTASK": False})
+
+
+def test_multi_hot_targets_train_with_the_originals_soft_target_cross_entropy(mupt):
+    sizes = [t.num_classes for t in mupt.dm.tasks]
+    logits = torch.randn(3, sum(sizes), generator=torch.Generator().manual_seed(1))
+    targets = torch.zeros(3, sum(sizes))
+    targets[0, [1, 4]] = 1  # a multi-label image of task 0
+    targets[1, sizes[0] + 2] = 1
+    targets[2, 3] = 1
+    batch = Batch(None, targets.argmax(dim=1), torch.tensor([0, 1, 0]), targets)
+    original = F.cross_entropy(logits, targets / targets.sum(dim=1, keepdim=True))  # MVLPT's normalised labels
+    assert torch.allclose(mupt.classification_loss(logits, batch), original)
+    with_options(mupt, **{"DATASET.MULTITASK_LABEL_PERTASK": True})
+    try:
+        rows = [F.cross_entropy(logits[0:1, :sizes[0]], torch.tensor([[0, .5, 0, 0, .5] + [0] * (sizes[0] - 5)])),
+                F.cross_entropy(logits[1:2, sizes[0]:], torch.tensor([2])),
+                F.cross_entropy(logits[2:3, :sizes[0]], torch.tensor([3]))]
+        assert torch.allclose(mupt.classification_loss(logits, batch), sum(rows) / 3)
     finally:
         with_options(mupt, **{"DATASET.MULTITASK_LABEL_PERTASK": False})
 
@@ -300,6 +313,22 @@ def test_an_original_upt_checkpoint_evaluates_to_the_written_out_logits(mupt, tm
                           "--model-dir", str(tmp_path / "original"), "--load-epoch", "3",
                           output_dir=str(tmp_path / "e"))
     assert code == 0 and "=> task: SyntheticB" in log and "* accuracy:" in log
+
+
+def test_a_resumed_elevater_run_continues_the_toolkits_shuffle(tmp_path):
+    from datasets.synthetic_elevater import write_elevater_task
+    write_elevater_task(str(tmp_path / "data"), "cifar-10")
+    args = ("--root", str(tmp_path / "data"), "--output-dir", str(tmp_path / "run"), "--trainer", "MVPT",
+            "--config-file", "configs/trainers/MVPT/tiny_vit_b16_ep2.yaml", "--dataset", "cifar-10", "--shots", "2")
+    first = build_trainer(cfg_from(*args))
+    first.before_train()
+    assert first.start_epoch == 0
+    epochs = [list(first.train_loader_x.sampler) for _ in range(2)]
+    assert epochs[0] != epochs[1]
+    first.save_model(0, str(tmp_path / "run"))
+    resumed = build_trainer(cfg_from(*args))
+    resumed.before_train()
+    assert resumed.start_epoch == 1 and list(resumed.train_loader_x.sampler) == epochs[1]
 
 
 def test_avg_ckpt_averages_tensors_epoch_and_val_result(tmp_path):

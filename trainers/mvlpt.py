@@ -19,9 +19,18 @@ and ``MUPT`` (alias ``UPT``) fix the prompt type and default a length left at 0 
 * ``TRAINER.CUT_CONTEXTLEN``: accepted; the text encoder already stops after the last
   end-of-text token (``MODEL.BACKBONE.TRUNCATE_TEXT``), which gives the same features without
   the original's in-place edit of CLIP's attention masks.
-* ``TRAINER.ACT_CKPT`` k > 1: real activation checkpointing in both encoders (the blocks of the
-  first k - 1 of k segments recompute their activations in the backward pass); 1 gives none,
-  as in the original, where ``checkpoint_sequential`` with one segment checkpoints nothing.
+* ``TRAINER.ACT_CKPT`` k > 1: real activation checkpointing in both encoders through CLIP's
+  switches (every block recomputes its activations in the backward pass, the least memory;
+  the original's k segments would keep the last segment's); 1 gives none, as in the original,
+  where ``checkpoint_sequential`` with one segment checkpoints nothing.
+* Data: CoOp-layout tasks (and any task with ``--dataset-coop``) keep the command-line order and
+  Dassl's loaders; a run of ELEVATER tasks only takes the toolkit's loaders (no augmentation,
+  squash resize, its batch sizes and seeded-0 shuffle) and sorted task order, see
+  ``datasets/elevater/loaders.py``. Multi-label rows (VOC) train on the original's soft-target
+  cross-entropy (multi-hot targets scaled to sum 1; an image without labels adds 0 where the
+  original's 0/0 gives NaN) and are scored by 11-point mAP on the raw logits.
+* ELEVATER runs also print the original's result lines (``results {'accuracy': 0.2}``: fractions,
+  MVLPT's metric names) after ours.
 * Visual prompts run through every block (the original silently skips blocks when it has fewer
   deep prompts than layers). Visual-only runs encode the fixed text prompt once and reuse it.
 * Checkpoints hold the learned tensors under the original keys (``ctx``, ``vpt_embeddings``,
@@ -31,14 +40,12 @@ and ``MUPT`` (alias ``UPT``) fix the prompt type and default a length left at 0 
 """
 from __future__ import annotations
 
-import functools
 import os
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from trainers.base import PromptedCLIP, PromptTrainer
 from trainers.coop import check_input_size
@@ -94,14 +101,12 @@ def add_mvlpt_config(cfg) -> None:
 
 
 def apply_mvlpt_arguments(cfg, args) -> None:
-    """MVLPT's ``train.py`` flags. ``--dataset`` lists the tasks: in command-line order with
-    ``--dataset-coop`` (CoOp's data sets), sorted by name otherwise (ELEVATER's multi-task order)."""
+    """MVLPT's ``train.py`` flags. ``--dataset`` lists the tasks in command-line order; the data
+    manager sorts them by name when they are all ELEVATER tasks (MVLPT's multi-task manifest order)
+    unless ``--dataset-coop`` is given."""
     if args.dataset:
-        names = [n.strip() for n in args.dataset.split(",") if n.strip()]
-        if not args.dataset_coop and args.multi_task:
-            names = sorted(names)
         cfg.DATASET.DATASET = args.dataset
-        cfg.DATASET.NAME = ",".join(names)
+        cfg.DATASET.NAME = ",".join(n.strip() for n in args.dataset.split(",") if n.strip())
     if args.shots:
         cfg.DATASET.NUM_SAMPLES_PER_CLASS = args.shots
         cfg.DATASET.NUM_SHOTS = args.shots
@@ -119,25 +124,15 @@ def apply_mvlpt_arguments(cfg, args) -> None:
         cfg.TRAINER.ACT_CKPT = args.act_ckpt
 
 
-def checkpoint_blocks(transformer: nn.Module, segments: int) -> int:
-    """Recompute block activations in the backward pass, as ``checkpoint_sequential(blocks, segments)``
-    would: the blocks of the first ``segments - 1`` equal segments each run under
-    ``torch.utils.checkpoint``; the last segment keeps its activations. Returns how many blocks
-    are checkpointed (0 for ``segments`` <= 1)."""
-    blocks = list(transformer.resblocks)
-    segments = min(segments, len(blocks))
-    if segments <= 1:
-        return 0
-    checkpointed = blocks[:(segments - 1) * (len(blocks) // segments)]
-    for block in checkpointed:
-        block.forward = functools.partial(_recomputed_forward, block.forward)
-    return len(checkpointed)
-
-
-def _recomputed_forward(forward, x: torch.Tensor, kv_prompts: Optional[torch.Tensor] = None) -> torch.Tensor:
-    if torch.is_grad_enabled() and x.requires_grad:
-        return checkpoint(forward, x, kv_prompts, use_reentrant=False)
-    return forward(x, kv_prompts)
+def set_activation_checkpointing(clip_model: nn.Module, segments: int) -> bool:
+    """``TRAINER.ACT_CKPT``: above 1, CLIP's own switches recompute every text block and every
+    ViT block in the backward pass (the original's 1 gives none: ``checkpoint_sequential`` with
+    one segment checkpoints nothing). Returns whether it is on."""
+    enabled = segments > 1
+    clip_model.text_checkpointing = enabled
+    if clip_model.is_vit:
+        clip_model.visual.checkpointing = enabled
+    return enabled
 
 
 class UnifiedPromptedCLIP(PromptedCLIP):
@@ -236,9 +231,8 @@ class MVLPT(PromptTrainer):
             clip_model, self.classnames, text_n, vision, class_token_position=opts.COOP.CLASS_TOKEN_POSITION,
             class_specific=opts.COOP.CSC, text_ctx_init=opts.COOP.CTX_INIT, project_method=opts.PROJECT_METHOD,
             project_dim=opts.PROJECT_DIM, attention=opts.UPT_ATTENTION)
-        for tower in (clip_model.transformer, clip_model.visual.transformer if clip_model.is_vit else None):
-            if tower is not None and checkpoint_blocks(tower, cfg.TRAINER.ACT_CKPT):
-                print(f"Activation checkpointing: TRAINER.ACT_CKPT {cfg.TRAINER.ACT_CKPT} segments")
+        if set_activation_checkpointing(clip_model, cfg.TRAINER.ACT_CKPT):
+            print(f"Activation checkpointing in both encoders (TRAINER.ACT_CKPT {cfg.TRAINER.ACT_CKPT})")
         return UnifiedPromptedCLIP(clip_model, learner)
 
     def trainable_modules(self) -> Dict[str, nn.Module]:
@@ -257,10 +251,20 @@ class MVLPT(PromptTrainer):
 
     # ----- multi-task -------------------------------------------------------------------------
     def classification_loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-        """Softmax over every task's classes (the original); per task with MULTITASK_LABEL_PERTASK."""
-        if self.cfg.DATASET.MULTITASK_LABEL_PERTASK:
-            return super().classification_loss(logits, batch)
-        return F.cross_entropy(logits, batch.labels)
+        """Softmax over every task's classes (the original); per task with MULTITASK_LABEL_PERTASK.
+
+        With multi-hot ``batch.targets`` (a multi-label task in the run) the loss is the original's
+        soft-target cross-entropy, each row's targets scaled to sum to 1 (an image without any
+        label adds 0, where the original's 0/0 gives NaN)."""
+        per_task = self.cfg.DATASET.MULTITASK_LABEL_PERTASK
+        if batch.targets is None:
+            return super().classification_loss(logits, batch) if per_task else F.cross_entropy(logits, batch.labels)
+        if per_task:
+            logits = self.mask_other_tasks(logits, batch.tasks)
+        targets = batch.targets.float()
+        targets = targets / targets.sum(dim=1, keepdim=True).clamp(min=1)
+        log_probs = F.log_softmax(logits.float(), dim=1).masked_fill(targets == 0, 0.0)  # 0 * -inf outside a task
+        return -(targets * log_probs).sum(dim=1).mean()
 
     @property
     def multi_task(self) -> bool:
@@ -296,6 +300,13 @@ class MVLPT(PromptTrainer):
         if (freq > 0 and (self.epoch + 1) % freq == 0) or self.epoch + 1 == self.max_epoch:
             self.save_model(self.epoch, self.output_dir)
 
+    def test(self, split: Optional[str] = None) -> float:
+        """The engine's evaluation; ELEVATER runs then also print MVLPT's result lines."""
+        score = super().test(split)
+        if getattr(self.dm, "elevater", False):
+            print_mvlpt_results(self.last_results, self.dm.tasks, self.cfg.DATASET.MULTITASK_EVALKEY)
+        return score
+
     def save_best_per_task(self, results: Mapping[str, Any]) -> None:
         """``<output>/best_per_task/<task>/prompt_learner/model-best.pth.tar`` for every task whose
         validation score beats its best so far (strictly: ties keep the earlier epoch)."""
@@ -312,6 +323,37 @@ class MVLPT(PromptTrainer):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.best_per_task.update(state.get("best_per_task", {}))
+
+
+#: our per-task metric names -> MVLPT's (its class_map_metric)
+MVLPT_METRIC_NAMES = {"mean_per_class_accuracy": "mean-per-class"}
+
+
+def print_mvlpt_results(results: Mapping[str, Any], tasks: Sequence[Any], evalkey: str = "average") -> Dict[str, float]:
+    """MVLPT's lines after an ELEVATER evaluation, values as fractions: per task (several tasks)
+    ``evaluate on the *<task>* !`` and ``results {'<metric>': v}``, then ``Overall evaluation !``
+    and ``results {...}`` (the mean as ``average``, the evalkey task, or the one task's metric).
+    Returns the overall dict."""
+    per_task: Dict[str, Tuple[str, float]] = {}
+    for task in tasks:
+        key = task.metric if len(tasks) == 1 else f"{task.name}/{task.metric}"
+        if key not in results:
+            continue
+        per_task[task.name] = (MVLPT_METRIC_NAMES.get(task.metric, task.metric), float(results[key]) / 100.0)
+    if len(tasks) > 1:
+        for name, (metric, value) in per_task.items():
+            print(f"evaluate on the *{name}* !")
+            print("results", {metric: value})
+    print("Overall evaluation !")
+    if len(tasks) == 1:
+        overall = dict(per_task.values())
+    elif evalkey == "average":
+        overall = {"average": sum(v for _, v in per_task.values()) / len(per_task)}
+    else:
+        print(f"select {evalkey} as the evaluation key")
+        overall = {evalkey: per_task[evalkey][1]}
+    print("results", overall)
+    return overall
 
 
 def task_score(results: Mapping[str, Any], task: str) -> float:

@@ -192,6 +192,12 @@ def shard_loader(loader: Optional[DataLoader], train: bool) -> Optional[DataLoad
                       persistent_workers=loader.persistent_workers)
 
 
+def index_sampler(loader: DataLoader) -> Sampler:
+    """The index sampler under a loader's batches, through ``shard_loader``'s wrapping."""
+    batch_sampler = loader.batch_sampler
+    return getattr(batch_sampler, "batch_sampler", batch_sampler).sampler
+
+
 def sync_rng_state() -> None:
     """Every rank takes rank 0's random state (Python, NumPy, torch), so their samplers agree."""
     if not is_distributed():

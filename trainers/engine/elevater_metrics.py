@@ -1,9 +1,11 @@
 """ELEVATER's classification metrics as plain functions of (scores [N, C], targets) -> float in [0, 1].
 
+ELEVATER's accuracy is the evaluator's ``accuracy`` (top-1 against the class id); the three
+below are registered beside it in ``evaluator.METRIC_REGISTRY`` under the toolkit's names.
+
 They follow the toolkit's definitions (vision_benchmark/evaluation/metric.py on top of
 vision-evaluation and scikit-learn) without depending on either:
 
-* ``accuracy``: top-1 argmax against the target class.
 * ``mean_per_class_accuracy``: balanced accuracy; classes without any target are dropped
   from the scores before the argmax.
 * ``11point_mAP``: per class with a positive, the precision-recall curve interpolated at
@@ -12,21 +14,16 @@ vision-evaluation and scikit-learn) without depending on either:
 * ``roc_auc``: ROC area (ties count half); two columns and class targets score column 1,
   multi-hot targets give the mean over columns.
 
-``targets`` are class ids [N] or multi-hot rows [N, C]; class-id metrics take the argmax
-(first positive) of a multi-hot row, as MVLPT does. Scores may be logits (MVLPT) or
+``targets`` are class ids [N] or multi-hot rows [N, C]. Scores may be logits (MVLPT) or
 probabilities (ELEVATER's zero-shot); ranking metrics can differ between the two. Sums are
 taken in float64, so values equal the toolkit's up to float rounding (about 1e-15).
 """
 from __future__ import annotations
 
-from typing import Callable, Dict
-
 import torch
 from torch import Tensor
 
-__all__ = ["accuracy", "mean_per_class_accuracy", "eleven_point_map", "roc_auc", "ELEVATER_METRICS", "get_metric"]
-
-Metric = Callable[[Tensor, Tensor], float]
+__all__ = ["mean_per_class_accuracy", "eleven_point_map", "roc_auc"]
 
 
 def _check(scores: Tensor, targets: Tensor) -> None:
@@ -40,20 +37,10 @@ def _check(scores: Tensor, targets: Tensor) -> None:
         raise ValueError("no samples to score")
 
 
-def _class_ids(targets: Tensor) -> Tensor:
-    return targets.argmax(dim=1) if targets.dim() == 2 else targets.long()
-
-
 def _multi_hot(targets: Tensor, num_classes: int) -> Tensor:
     if targets.dim() == 2:
         return targets > 0
     return torch.nn.functional.one_hot(targets.long(), num_classes).bool()
-
-
-def accuracy(scores: Tensor, targets: Tensor) -> float:
-    """Fraction of rows whose highest score is the target class (first index wins ties)."""
-    _check(scores, targets)
-    return (scores.argmax(dim=1).cpu() == _class_ids(targets).cpu()).double().mean().item()
 
 
 def mean_per_class_accuracy(scores: Tensor, targets: Tensor) -> float:
@@ -127,19 +114,3 @@ def roc_auc(scores: Tensor, targets: Tensor) -> float:
         return _binary_auc(scores[:, 1], targets.cpu() == 1)
     hot = targets.cpu() > 0
     return sum(_binary_auc(scores[:, c], hot[:, c]) for c in range(scores.shape[1])) / scores.shape[1]
-
-
-ELEVATER_METRICS: Dict[str, Metric] = {
-    "accuracy": accuracy,
-    "mean_per_class_accuracy": mean_per_class_accuracy,
-    "11point_mAP": eleven_point_map,
-    "roc_auc": roc_auc,
-}
-
-
-def get_metric(name: str) -> Metric:
-    """The metric function for a task's ``metric`` attribute."""
-    try:
-        return ELEVATER_METRICS[name]
-    except KeyError:
-        raise KeyError(f'Unknown ELEVATER metric "{name}"; known: {", ".join(ELEVATER_METRICS)}') from None

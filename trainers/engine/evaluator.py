@@ -158,14 +158,17 @@ class Classification:
         self._logits: List[torch.Tensor] = []
         self._impaths: List[str] = []
         self._task_scores: List[List[torch.Tensor]] = [[] for _ in self.task_names]
+        self._task_targets: List[List[torch.Tensor]] = [[] for _ in self.task_names]
 
     def process(self, logits: Logits, labels: torch.Tensor, tasks: Optional[torch.Tensor] = None,
-                impaths: Optional[Sequence[str]] = None) -> None:
+                impaths: Optional[Sequence[str]] = None, targets: Optional[Logits] = None) -> None:
         """Add one batch.
 
         ``logits``: a [B, C] tensor, or a sequence of B 1-D tensors when rows belong to tasks
         with different class counts; each row must have its task's class count.
         ``tasks``: task index per row (may be omitted for a single task).
+        ``targets``: multi-hot rows shaped like ``logits`` (multi-label tasks); the score-based
+        metrics (11-point mAP, ROC-AUC) then rank against every label, not only ``labels``.
         """
         labels = torch.as_tensor(labels).detach().cpu().long().view(-1)
         n = labels.numel()
@@ -200,9 +203,13 @@ class Classification:
             rows = [r.float().cpu() for r in rows]
             if self.save_predictions:
                 self._logits.extend(rows)
-            for row, t, keep in zip(rows, tasks.tolist(), scored):
+            target_rows = [None] * n if targets is None else [torch.as_tensor(r).detach().view(-1).cpu()
+                                                              for r in targets]
+            for row, target, t, keep in zip(rows, target_rows, tasks.tolist(), scored):
                 if keep:
                     self._task_scores[t].append(row)
+                    if target is not None:
+                        self._task_targets[t].append(target)
 
     def _check_rows(self, tasks: torch.Tensor, labels: torch.Tensor, widths: torch.Tensor) -> None:
         bad_task = (tasks < 0) | (tasks >= len(self.task_names))
@@ -312,7 +319,9 @@ class Classification:
             num_classes = int(self.num_classes[t])
             scores = (torch.nn.functional.one_hot(preds, num_classes).float() if metric.argmax_only
                       else torch.stack(self._task_scores[t]))
-            metrics[name] = 100.0 * metric.fn(scores, labels)
+            targets = torch.stack(self._task_targets[t]) if self._task_targets[t] and not metric.argmax_only \
+                else labels
+            metrics[name] = 100.0 * metric.fn(scores, targets)
             print(f"* {name}: {metrics[name]:.1f}%")
         metrics["metric"] = metrics[name]
         if self.per_class:

@@ -67,11 +67,13 @@ class Batch:
 
     ``labels`` index the concatenation of all tasks' classes (the task-local label plus the
     task's class offset; unchanged in a single-task run); ``tasks`` holds each sample's task.
+    ``targets``: multi-hot rows over all tasks' classes when a task is multi-label (else None).
     """
 
     images: torch.Tensor
     labels: torch.Tensor
     tasks: torch.Tensor
+    targets: Optional[torch.Tensor] = None
 
 
 @dataclass
@@ -449,6 +451,12 @@ class TrainerX:
         self.check_model_selection()
         directory = self.cfg.RESUME or self.output_dir
         self.start_epoch = self.resume_model_if_exist(directory)
+        sampler = distributed.index_sampler(self.train_loader_x)
+        if getattr(sampler, "generator", None) is not None:
+            # A loader shuffled by its own generator (ELEVATER's, seeded 0): draw the finished epochs'
+            # orders again so a resumed run continues with the uninterrupted run's order.
+            for _ in range(self.start_epoch):
+                list(sampler)
         self._writer = make_writer(os.path.join(self.output_dir, "tensorboard")) if distributed.is_main() else None
         self.time_start = time.time()
 
@@ -532,7 +540,9 @@ class TrainerX:
         labels = batch["label"].to(self.device)
         tasks = batch.get("task")
         tasks = tasks.to(self.device) if tasks is not None else torch.zeros_like(labels)
-        return Batch(batch["img"].to(self.device), self.labels_in_all_classes(labels, tasks), tasks)
+        targets = batch.get("targets")
+        targets = targets.to(self.device) if targets is not None else None
+        return Batch(batch["img"].to(self.device), self.labels_in_all_classes(labels, tasks), tasks, targets)
 
     def autocast(self) -> "contextlib.AbstractContextManager[None]":
         """Hook: the precision context of the forward passes (training and evaluation)."""
@@ -647,7 +657,9 @@ class TrainerX:
                 tasks = batch.get("task")
                 device_tasks = tasks.to(self.device) if tasks is not None else None
                 logits = self.restrict_to_tasks(self.model_inference(images, device_tasks), tasks)
-                self.evaluator.process(logits, labels, tasks=tasks, impaths=batch.get("impath"))
+                targets = batch.get("targets")
+                targets = self.restrict_to_tasks(targets, tasks) if targets is not None else None
+                self.evaluator.process(logits, labels, tasks=tasks, impaths=batch.get("impath"), targets=targets)
         finally:
             self.end_evaluation()
         results = self.evaluator.evaluate()
