@@ -79,9 +79,27 @@ def atomic_target(path: str) -> Iterator[str]:
             os.remove(tmp)
 
 
+def _matches_config(path: str, name: str) -> bool:
+    """Whether the file at ``path`` holds a state dict of ``name``'s current shapes (an older release
+    wrote smaller tiny CLIPs under the same file name)."""
+    try:
+        stored = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # not a plain state dict: a TorchScript archive or a broken file, left to the loader
+        return True
+    if not isinstance(stored, dict):
+        return True
+    with torch.device("meta"):
+        expected = CLIP(**TINY_CONFIGS[name]).state_dict()
+    return stored.keys() == expected.keys() and all(stored[k].shape == v.shape for k, v in expected.items())
+
+
 def ensure_tiny_file(name: str, root: str) -> str:
-    """Path of ``<root>/<tiny file>``, writing it (atomically) from seed 0 if it is absent."""
+    """Path of ``<root>/<tiny file>``, writing it (atomically) from seed 0 if it is absent. A file
+    of another shape (an older release's tiny CLIP) is renamed to ``<file>.stale`` and rewritten."""
     path = os.path.join(root, tiny_file_name(name))
+    if os.path.isfile(path) and not _matches_config(path, name):
+        os.replace(path, path + ".stale")
+        print(f"Note: {path} held an older tiny CLIP layout; kept it as {path}.stale and wrote the current one")
     if not os.path.isfile(path):
         state_dict = tiny_state_dict(name)
         with atomic_target(path) as tmp:

@@ -329,3 +329,18 @@ def test_preprocess_matches_hand_computation(tmp_path, mode):
     out = preprocess(image)
     assert out.shape == (3, 64, 64) and out.dtype == torch.float32
     np.testing.assert_allclose(out.numpy(), _hand_preprocess(image, 64), rtol=0, atol=1e-5)
+
+
+def test_an_older_tiny_clip_file_is_kept_aside_and_rewritten_in_the_current_layout(tmp_path):
+    from clip.tiny import TINY_CONFIGS, tiny_file_name
+    from clip.model import CLIP
+
+    old = dict(TINY_CONFIGS["tiny-ViT-B/16"], vision_layers=2, transformer_layers=2)
+    path = tmp_path / tiny_file_name("tiny-ViT-B/16")
+    torch.save(CLIP(**old).state_dict(), path)
+    model, _ = clip.load("tiny-ViT-B/16", device="cpu", download_root=str(tmp_path))
+    assert model.transformer.layers == TINY_CONFIGS["tiny-ViT-B/16"]["transformer_layers"] == 12
+    stale = torch.load(str(path) + ".stale", weights_only=True)
+    assert "transformer.resblocks.1.ln_1.weight" in stale and "transformer.resblocks.2.ln_1.weight" not in stale
+    again, _ = clip.load("tiny-ViT-B/16", device="cpu", download_root=str(tmp_path))  # current file: reused
+    assert torch.equal(again.positional_embedding, model.positional_embedding)
