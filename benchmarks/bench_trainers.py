@@ -28,7 +28,7 @@ import string
 import subprocess
 import sys
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -235,15 +235,26 @@ SCENARIOS = {
 }
 
 
-def run_variant_in_subprocess(name: str, mode: str, argv: List[str]) -> Dict[str, float]:
+def run_variant_in_subprocess(name: str, mode: str, argv: List[str]) -> Optional[Dict[str, float]]:
+    """The mode's measurements, or None when its process died (killed for memory: it does not fit)."""
     cmd = [sys.executable, os.path.abspath(__file__), "--variant", name, "--mode", mode] + argv
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        reason = "killed, out of memory" if done.returncode in (-9, 137) else f"exit {done.returncode}"
+        print(f"  {name} {mode}: did not run to the end ({reason}): {done.stderr.strip()[-300:]}")
+        return None
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def report(name: str, results: Dict[str, Dict[str, float]], args) -> None:
+def report(name: str, measured: Dict[str, Optional[Dict[str, float]]], args) -> None:
     """One line per mode: step time, peak memory and evaluation time, with ratios to the first
-    mode and (from the third on) to the second."""
+    mode and (from the third on) to the second; modes that did not fit are named."""
+    for mode, r in measured.items():
+        if r is None:
+            print(f"{name}: {mode} did not fit on this machine (see above)")
+    results = {mode: r for mode, r in measured.items() if r is not None}
+    if len(results) < 2:
+        return
     modes = list(results)
     first = results[modes[0]]
     classes = 1000 if name == "coop_1000" else args.classes
