@@ -8,11 +8,12 @@ through the ordinary state-dict path, so the real loader code is exercised.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import tempfile
 import warnings
-from typing import Any, Dict, Iterator, List, Union
+from typing import Any, Dict, Iterator, List, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -79,18 +80,29 @@ def atomic_target(path: str) -> Iterator[str]:
             os.remove(tmp)
 
 
-def _matches_config(path: str, name: str) -> bool:
-    """Whether the file at ``path`` holds a state dict of ``name``'s current shapes (an older release
-    wrote smaller tiny CLIPs under the same file name)."""
+@functools.lru_cache(maxsize=None)
+def _expected_shapes(name: str) -> Dict[str, Tuple[int, ...]]:
+    with torch.device("meta"):
+        return {k: tuple(v.shape) for k, v in CLIP(**TINY_CONFIGS[name]).state_dict().items()}
+
+
+@functools.lru_cache(maxsize=None)
+def _matches_config_cached(path: str, name: str, mtime_ns: int, size: int) -> bool:
     try:
         stored = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # not a plain state dict: a TorchScript archive or a broken file, left to the loader
         return True
     if not isinstance(stored, dict):
         return True
-    with torch.device("meta"):
-        expected = CLIP(**TINY_CONFIGS[name]).state_dict()
-    return stored.keys() == expected.keys() and all(stored[k].shape == v.shape for k, v in expected.items())
+    expected = _expected_shapes(name)
+    return stored.keys() == expected.keys() and all(tuple(stored[k].shape) == v for k, v in expected.items())
+
+
+def _matches_config(path: str, name: str) -> bool:
+    """Whether the file at ``path`` holds a state dict of ``name``'s current shapes (an older release
+    wrote smaller tiny CLIPs under the same file name); checked once per file version and process."""
+    info = os.stat(path)
+    return _matches_config_cached(path, name, info.st_mtime_ns, info.st_size)
 
 
 def ensure_tiny_file(name: str, root: str) -> str:
