@@ -9,6 +9,19 @@ COOP_TASKS="ImageNet,Caltech101,Food101,StanfordCars,OxfordPets,OxfordFlowers,FG
 CROSS_TASK_TARGETS="hateful-memes cifar-10 mnist resisc45_clip country211 voc-2007-classification cifar-100 patch-camelyon rendered-sst2 gtsrb fer-2013 kitti-distance"
 ELEVATER_TASKS="caltech-101 cifar-10 cifar-100 country211 dtd eurosat_clip fer-2013 fgvc-aircraft-2013b-variants102 food-101 gtsrb hateful-memes kitti-distance mnist oxford-flower-102 oxford-iiit-pets patch-camelyon rendered-sst2 resisc45_clip stanford-cars voc-2007-classification"
 
+# setting_args METHOD CFG NCTX SHOTS: the scripts' four arguments, and SETTING, the folder part they name
+setting_args() {
+    if [ $# -lt 4 ]; then
+        echo "usage: bash $0 METHOD CFG NCTX SHOTS   (e.g. UPT vit_b16 4 20)" >&2
+        return 2
+    fi
+    METHOD=$1
+    CFG=$2
+    NCTX=$3
+    SHOTS=$4
+    SETTING=${METHOD}/${CFG}_${SHOTS}shots/nctx${NCTX}
+}
+
 # method_options METHOD NCTX -> train.py flags and options choosing the prompt type
 method_options() {
     local method=$1 nctx=$2

@@ -10,13 +10,9 @@
 set -e
 source "$(dirname "$0")/../common.sh"
 source "$(dirname "$0")/common.sh"
-METHOD=$1
-CFG=$2
-NCTX=$3
-SHOTS=$4
+setting_args "$@"
 SOURCE_TASKS=${SOURCE_TASKS:-${COOP_TASKS}}
 TARGET_TASKS=${TARGET_TASKS:-${CROSS_TASK_TARGETS}}
-SETTING=${METHOD}/${CFG}_${SHOTS}shots/nctx${NCTX}
 
 SOURCE=${OUTPUT}/source/${SOURCE_TASKS}/${SETTING}
 for SEED in ${SEEDS}; do

@@ -16,13 +16,9 @@
 set -e
 source "$(dirname "$0")/../common.sh"
 source "$(dirname "$0")/common.sh"
-METHOD=$1
-CFG=$2
-NCTX=$3
-SHOTS=$4
+setting_args "$@"
 TASKS=${TASKS:-${ELEVATER_TASKS}}
 EVALKEY=${EVALKEY:-average}
-SETTING=${METHOD}/${CFG}_${SHOTS}shots/nctx${NCTX}
 INIT=()
 KIND=few_shot
 if [ -n "${MODEL_DIR}" ]; then

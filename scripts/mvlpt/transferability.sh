@@ -9,12 +9,8 @@
 set -e
 source "$(dirname "$0")/../common.sh"
 source "$(dirname "$0")/common.sh"
-METHOD=$1
-CFG=$2
-NCTX=$3
-SHOTS=$4
+setting_args "$@"
 TASKS=${TASKS:-${ELEVATER_TASKS}}
-SETTING=${METHOD}/${CFG}_${SHOTS}shots/nctx${NCTX}
 MAP=${OUTPUT}/transfer/${SETTING}
 
 for SOURCE in ${TASKS}; do
