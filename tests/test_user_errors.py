@@ -63,6 +63,14 @@ def test_typo_in_trainer_and_config_key(capsys, data_root, tmp_path):
                                     str(tmp_path / "b"), "TRAINER.COOP.NCTX", "4"), "TRAINER.COOP.N_CTX")
 
 
+def test_a_trainer_setting_its_check_rejects_is_an_error_line(capsys, data_root, tmp_path):
+    # MVLPT's own YAML with neither prompt length set: the trainer's check_cfg refuses it
+    assert_reported(*run_in_process(capsys, "--root", data_root, "--trainer", "MVLPT", "--config-file",
+                                    "configs/trainers/MVLPT/vit_b16.yaml", "--dataset", "Synthetic", "--shots", "1",
+                                    "--output-dir", str(tmp_path / "out")),
+                    "TRAINER.MVLPT.COOP.N_CTX", "TRAINER.MVLPT.VPT.N_CTX")
+
+
 def test_eval_only_with_a_model_dir_that_does_not_exist(capsys, data_root, tmp_path):
     missing = str(tmp_path / "no_run")
     assert_reported(*run_in_process(capsys, *TINY, "--root", data_root, *SYNTHETIC, "--output-dir",

@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from clip.errors import InvalidInputError, MissingInputError
+from clip.errors import InvalidInputError, MissingInputError, UserInputError
 from datasets.manager import DataManager
 from trainers.engine import distributed
 from trainers.engine import evaluator as evaluation
@@ -106,7 +106,13 @@ class TrainerX:
         self._writer = None
         self.scaler: Optional[torch.amp.GradScaler] = None
         self.last_loss_terms: Dict[str, float] = {}
-        self.check_cfg(cfg)
+        try:
+            self.check_cfg(cfg)
+        except ValueError as error:
+            if isinstance(error, UserInputError):
+                raise
+            # check_cfg judges the user's config: whatever it rejects is an input error (no traceback).
+            raise InvalidInputError(str(error)) from error
         self.cfg = cfg
         use_cuda = torch.cuda.is_available() and cfg.USE_CUDA
         # torchrun's processes each run on their own GPU (distributed.init_from_env made it current).
@@ -127,7 +133,8 @@ class TrainerX:
 
     # ----- building -------------------------------------------------------------------
     def check_cfg(self, cfg) -> None:
-        """Hook: validate trainer-specific keys before anything is built."""
+        """Hook: validate trainer-specific keys before anything is built (a ValueError it raises
+        reaches the user as a config error)."""
 
     def build_data_loader(self) -> None:
         dm = DataManager(self.cfg)
